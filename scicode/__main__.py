@@ -1,0 +1,3 @@
+from scicode.cli import main
+import sys
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Comparison helpers the SciCode tests import as `scicode.compare.cmp`."""

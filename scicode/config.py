@@ -1,0 +1,61 @@
+"""The environment manifest (`environment.toml`): defaults, choices and descriptions of every env arg.
+
+The manifest ships inside the wheel as `scicode/environment.toml`; in a source checkout it is the
+repository's top-level `environment.toml`. Nothing else in the package spells a default.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from scicode.errors import ConfigError
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def manifest_path() -> Path:
+    """The manifest in use: the wheel's copy, else the source checkout's."""
+    for candidate in (_PACKAGE_DIR / "environment.toml", _PACKAGE_DIR.parent / "environment.toml"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        "environment.toml not found next to the scicode package; reinstall the package "
+        "(`pip install --force-reinstall scicode`)."
+    )
+
+
+@functools.cache
+def manifest() -> dict[str, Any]:
+    """The parsed manifest."""
+    with manifest_path().open("rb") as f:
+        return tomllib.load(f)
+
+
+def arg_specs() -> dict[str, dict[str, Any]]:
+    """Every env arg's table (`default`, `description`, optional `choices`), in manifest order."""
+    return manifest()["args"]
+
+
+def default(name: str) -> Any:
+    """The default of one env arg."""
+    return arg_specs()[name]["default"]
+
+
+def check_choice(name: str, value: Any) -> None:
+    """Raise ConfigError when `value` is not one of the arg's declared choices."""
+    choices = arg_specs()[name].get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, choices))}.")
+
+
+def cache_dir() -> Path:
+    """Where derived targets and downloads live: $SCICODE_CACHE_DIR, else the XDG cache dir."""
+    explicit = os.environ.get("SCICODE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "scicode"

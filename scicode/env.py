@@ -1,0 +1,262 @@
+"""`SciCodeEnv`: one rollout is one main problem, one turn is one scored sub-step.
+
+Turn loop (classic verifiers `MultiTurnEnv`):
+* The first prompt asks for the problem's first scored step (given steps before it, like 62.1,
+  appear as previous steps with their reference code).
+* Each reply is parsed the moment it arrives (`add_trajectory_step`), its step is scored in the
+  background while the model writes the next one, and the next prompt (a fresh single user
+  message with every previous step's description and code) is sent.
+* Given steps (13.6, 62.1, 76.3) are never asked: their reference code is injected.
+* After the last scored step the rollout stops; cleanup waits for the background verdicts and
+  writes them to `state["scicode"]`, which the rubric reads.
+
+A sandbox failure that persists after retries marks the step `sandbox_error` and the rollout's
+`state["error"]` (a `vf.SandboxError`), so vf-eval retries the rollout and trainers can mask it;
+it is never scored silently as the model's failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import verifiers as vf
+from datasets import Dataset
+
+from scicode import config
+from scicode.dataset import Problem, given_step_code, load_problems
+from scicode.errors import ConfigError
+from scicode.execution import ExecutorOptions, make_executor
+from scicode.parser import SciCodeParser, extract_code
+from scicode.prompts import step_prompt
+from scicode.rubric import SciCodeRubric
+from scicode.scorer import ScoringOptions, StepScorer
+from scicode.target_sources import resolve_targets
+from scicode.verdict import FailureKind, StepVerdict
+
+logger = logging.getLogger(__name__)
+STATE_KEY = "scicode"
+
+
+def _next_scored(problem: Problem, start: int) -> int | None:
+    return next((i for i in range(start, len(problem.steps)) if not problem.steps[i].given), None)
+
+
+class SciCodeEnv(vf.MultiTurnEnv):
+    """SciCode as a multi-turn environment (see module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        problems: Sequence[Problem],
+        scorer: StepScorer,
+        with_background: bool,
+        given_code: str,
+        system_prompt: str | None,
+        **kwargs: Any,
+    ) -> None:
+        self.problems = {p.problem_id: p for p in problems}
+        self.scorer = scorer
+        self.with_background = with_background
+        self.given_code = given_code
+        self.scicode_system_prompt = system_prompt or None
+        self._inflight: dict[str, list[asyncio.Task[StepVerdict]]] = {}
+        parser = SciCodeParser()
+        dataset = Dataset.from_list([self._row(p) for p in problems])
+        super().__init__(
+            dataset=dataset, eval_dataset=dataset, parser=parser, rubric=SciCodeRubric(parser=parser),
+            max_turns=-1, **kwargs,
+        )
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def _initial_codes(self, problem: Problem) -> list[str | None]:
+        return [given_step_code(s, mode=self.given_code) if s.given else None for s in problem.steps]
+
+    def _messages(self, text: str) -> list[Any]:
+        system = [vf.SystemMessage(content=self.scicode_system_prompt)] if self.scicode_system_prompt else []
+        return [*system, vf.UserMessage(content=text)]
+
+    def _prompt(self, problem: Problem, index: int, codes: Sequence[str | None]) -> list[Any]:
+        prior = [c or "" for c in codes[:index]]
+        return self._messages(step_prompt(problem, index, prior, with_background=self.with_background))
+
+    def _row(self, problem: Problem) -> dict[str, Any]:
+        first = _next_scored(problem, 0)
+        assert first is not None, f"problem {problem.problem_id} has no scored step"
+        messages = self._prompt(problem, first, self._initial_codes(problem))
+        return {
+            "prompt": [m.model_dump(exclude_none=True) for m in messages],
+            "answer": "",
+            "info": {"problem_id": problem.problem_id, "split": problem.split},
+        }
+
+    # -- turn loop -----------------------------------------------------------------------------
+
+    async def setup_state(self, state: vf.State) -> vf.State:
+        problem = self.problems[str(state["info"]["problem_id"])]
+        state[STATE_KEY] = {
+            "problem_id": problem.problem_id,
+            "split": problem.split,
+            "cursor": _next_scored(problem, 0),
+            "codes": self._initial_codes(problem),
+            "replies": {},
+        }
+        self._inflight[state["trajectory_id"]] = []
+        return state
+
+    def _problem(self, state: vf.State) -> Problem:
+        return self.problems[state[STATE_KEY]["problem_id"]]
+
+    async def add_trajectory_step(self, state: vf.State, trajectory_step: vf.TrajectoryStep) -> None:
+        """Parse the reply for the current step, start scoring it, advance to the next step."""
+        await super().add_trajectory_step(state, trajectory_step)
+        sc = state[STATE_KEY]
+        problem, index = self._problem(state), sc["cursor"]
+        if index is None:
+            return
+        reply = _text(trajectory_step["completion"])
+        sc["codes"][index] = extract_code(reply)
+        codes = [c or "" for c in sc["codes"][: index + 1]]
+        task = asyncio.create_task(self.scorer.score(problem, index, codes))
+        self._inflight.setdefault(state["trajectory_id"], []).append(task)
+        sc["cursor"] = _next_scored(problem, index + 1)
+
+    async def env_response(self, messages: vf.Messages, state: vf.State, **kwargs: Any) -> vf.Messages:
+        """The next step's prompt: one fresh user message."""
+        sc = state[STATE_KEY]
+        return self._prompt(self._problem(state), sc["cursor"], sc["codes"])
+
+    async def get_prompt_messages(self, state: vf.State) -> vf.Messages:
+        if not state["trajectory"]:
+            return state["prompt"]
+        return await self.env_response([], state)
+
+    @vf.stop
+    async def all_steps_answered(self, state: vf.State) -> bool:
+        """Stop once every scored step has a reply."""
+        sc = state.get(STATE_KEY)
+        return sc is not None and sc["cursor"] is None
+
+    async def render_completion(self, state: vf.State) -> None:
+        """The whole exchange: each turn's reply, preceded by the prompt of every turn after the first."""
+        completion: list[Any] = []
+        for i, step in enumerate(state["trajectory"]):
+            if i > 0:
+                completion += [m for m in step["prompt"] if _role(m) == "user"]
+            completion += list(step["completion"])
+        state["completion"] = completion
+
+    # -- verdicts --------------------------------------------------------------------------------
+
+    @vf.cleanup(priority=50)
+    async def collect_verdicts(self, state: vf.State) -> None:
+        """Wait for this rollout's step verdicts and record them in the state."""
+        tasks = self._inflight.pop(state.get("trajectory_id", ""), [])
+        sc = state.get(STATE_KEY)
+        if sc is None:
+            for t in tasks:
+                t.cancel()
+            return
+        start = time.monotonic()
+        verdicts = {v.step_id: v for v in await asyncio.gather(*tasks)}
+        problem = self._problem(state)
+        records = []
+        for i, step in enumerate(problem.steps):
+            if step.given:
+                continue
+            verdict = verdicts.get(step.step_id) or StepVerdict(
+                step.step_id, False, FailureKind.NO_CODE, "the rollout ended before this step was answered", 0.0
+            )
+            records.append({**verdict.to_dict(), "code": sc["codes"][i] or ""})
+        sc["steps"] = records
+        sc["wait_seconds"] = time.monotonic() - start
+        sc["isolation"] = getattr(self.scorer.executor, "isolation", self.scorer.executor.name)
+        infra = [r for r in records if FailureKind(r["kind"]).is_infrastructure]
+        if infra and state.get("error") is None:
+            state["error"] = vf.SandboxError(
+                f"{len(infra)} step(s) could not be judged ({infra[0]['kind']}: {infra[0]['detail'][:300]})"
+            )
+
+    @vf.teardown
+    async def close_executor(self) -> None:
+        """Stop sandbox workers when the environment is torn down."""
+        await self.scorer.executor.aclose()
+
+
+def _role(message: Any) -> str | None:
+    return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
+
+
+def _text(messages: Any) -> str:
+    parts = []
+    for m in messages if isinstance(messages, list) else [messages]:
+        if _role(m) == "assistant" or isinstance(m, str):
+            content = m if isinstance(m, str) else (m.get("content") if isinstance(m, dict) else m.content)
+            parts.append(content if isinstance(content, str) else "".join(
+                (p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "")) for p in content or []
+            ))
+    return "\n".join(parts)
+
+
+def load_environment(
+    *,
+    split: str = config.default("split"),
+    problems: Sequence[str] | None = None,
+    with_background: bool = config.default("with_background"),
+    system_prompt: str = config.default("system_prompt"),
+    dataset_source: str = config.default("dataset_source"),
+    h5py_file: str = config.default("h5py_file"),
+    given_step_code: str = config.default("given_step_code"),
+    sandbox: str = config.default("sandbox"),
+    timeout_per_test: float = config.default("timeout_per_test"),
+    memory_limit_mb: int = config.default("memory_limit_mb"),
+    max_output_mb: int = config.default("max_output_mb"),
+    max_concurrent_steps: int = config.default("max_concurrent_steps"),
+    isolation: str = config.default("isolation"),
+    worker_mode: str = config.default("worker_mode"),
+    sandbox_python: str = config.default("sandbox_python"),
+    infra_retries: int = config.default("infra_retries"),
+    sandbox_docker_image: str = config.default("sandbox_docker_image"),
+    sandbox_name: str = config.default("sandbox_name"),
+    sandbox_cpu_cores: float = config.default("sandbox_cpu_cores"),
+    sandbox_memory_gb: float = config.default("sandbox_memory_gb"),
+    sandbox_disk_gb: float = config.default("sandbox_disk_gb"),
+    sandbox_labels: Sequence[str] = (),
+    **kwargs: Any,
+) -> SciCodeEnv:
+    """Build the SciCode environment. Every argument is documented in the README's env-args table.
+
+    Raises:
+        ConfigError: an argument has a wrong value.
+        TargetsError: the chosen split needs the official targets file and it is not available.
+    """
+    for name, value in (("given_step_code", given_step_code), ("sandbox", sandbox), ("worker_mode", worker_mode),
+                        ("isolation", isolation)):
+        config.check_choice(name, value)
+    if timeout_per_test <= 0 or memory_limit_mb <= 0 or max_output_mb <= 0 or infra_retries < 0:
+        raise ConfigError("timeout_per_test, memory_limit_mb and max_output_mb must be positive, infra_retries >= 0")
+    selected = load_problems(split=split, problems=tuple(problems or ()), source=dataset_source)
+    targets, hidden = resolve_targets(h5py_file, selected)
+    options = ExecutorOptions(
+        memory_mb=int(memory_limit_mb), output_mb=int(max_output_mb), concurrency=int(max_concurrent_steps),
+        extra={
+            "isolation": isolation, "worker_mode": worker_mode, "python": sandbox_python, "hidden_paths": hidden,
+            "image": sandbox_docker_image, "name": sandbox_name, "cpu_cores": sandbox_cpu_cores,
+            "memory_gb": sandbox_memory_gb, "disk_gb": sandbox_disk_gb, "labels": tuple(sandbox_labels),
+            "timeout": float(timeout_per_test),
+        },
+    )
+    scorer = StepScorer(
+        make_executor(sandbox, options),
+        targets,
+        ScoringOptions(timeout=float(timeout_per_test), infra_retries=int(infra_retries),
+                       max_probe_bytes=int(max_output_mb) << 20),
+    )
+    return SciCodeEnv(
+        problems=selected, scorer=scorer, with_background=bool(with_background), given_code=given_step_code,
+        system_prompt=system_prompt, **kwargs,
+    )

@@ -1,0 +1,126 @@
+"""The executor contract: `StepProgram` in, `ExecResult` out, `SandboxUnavailable` on infrastructure failure."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from scicode.errors import ConfigError
+
+#: Backend name -> module that registers it (imported on first use: heavy clients load lazily).
+_BACKEND_MODULES = {
+    "local": "scicode.execution.local",
+    "docker": "scicode.execution.docker",
+    "prime": "scicode.execution.prime",
+}
+_INSTALL_HINTS = {"prime": "pip install 'scicode[prime]'", "docker": "pip install 'scicode[docker]'"}
+_REGISTRY: dict[str, Callable[..., Executor]] = {}
+
+
+@dataclass(frozen=True)
+class StepProgram:
+    """A self-contained program that runs one step's tests in probe mode."""
+
+    step_id: str
+    source: str
+    sections: tuple[tuple[str, int, int], ...] = ()
+    """(label, first line, last line) of each part: dependencies, each step's code, tests."""
+
+    def section_of(self, line: int | None) -> str | None:
+        """The label of the part holding `line` (1-based)."""
+        if line is None:
+            return None
+        return next((label for label, first, last in self.sections if first <= line <= last), None)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """How a program run ended. Produced by every backend."""
+
+    returncode: int | None
+    """Exit status; None when killed by a signal or the timeout."""
+    signal: int | None
+    stdout: str
+    """Tail of standard output."""
+    stderr: str
+    """Tail of standard error."""
+    probe: bytes
+    """The probe stream (recorded values and how the program ended)."""
+    seconds: float
+    timed_out: bool
+    output_exceeded: bool
+    """A file the program wrote reached the size limit."""
+    isolation: str
+    """What isolated the run, e.g. "bwrap", "unshare(pid+net)", "none"."""
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    """Options every backend understands; backend-specific ones live in `extra`."""
+
+    memory_mb: int = 4096
+    output_mb: int = 64
+    concurrency: int = 0
+    """Programs run at once; 0 means the number of CPU cores."""
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs step programs somewhere."""
+
+    name: str
+
+    async def run(self, program: StepProgram, *, timeout: float) -> ExecResult:
+        """Run a program to completion or until `timeout` seconds pass.
+
+        Returns an ExecResult whenever the program ran, whatever its outcome (a crash, a non-zero
+        exit, a timeout with `timed_out=True`).
+
+        Raises:
+            SandboxUnavailable: the backend could not run it (not the program's fault).
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release every resource (processes, containers, remote sandboxes). Idempotent."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """What this executor is, for run metadata: backend, isolation level, versions."""
+        ...
+
+
+def register_executor(name: str) -> Callable[[type], type]:
+    """Class decorator registering an executor backend under `name`."""
+
+    def decorator(cls: type) -> type:
+        _REGISTRY[name] = cls
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def known_executors() -> tuple[str, ...]:
+    """Names of all backends."""
+    return tuple(_BACKEND_MODULES)
+
+
+def make_executor(name: str, options: ExecutorOptions | None = None) -> Executor:
+    """Build the executor `name`.
+
+    Raises:
+        ConfigError: unknown backend, or its client library is not installed.
+    """
+    if name not in _BACKEND_MODULES:
+        raise ConfigError(f"unknown sandbox {name!r}; known: {', '.join(known_executors())}")
+    if name not in _REGISTRY:
+        try:
+            importlib.import_module(_BACKEND_MODULES[name])
+        except ImportError as e:
+            hint = _INSTALL_HINTS.get(name, "reinstall scicode")
+            raise ConfigError(f"sandbox {name!r} needs a library that is not installed ({e}); run: {hint}") from e
+    return _REGISTRY[name](options or ExecutorOptions())

@@ -1,0 +1,207 @@
+"""Isolation levels of the local backend, probed once, strongest first.
+
+| level   | what the step program cannot do |
+|---------|---------------------------------|
+| bwrap   | see anything but the OS, the interpreter and its libraries (no home, no project, no targets, no package data, no other processes); write outside a size-limited private tmpfs; reach any network; keep any capability; outlive its timeout |
+| unshare | reach any network (own network namespace); outlive its timeout (own PID namespace); it can still read and write what the user running the evaluation can |
+| none    | outlive its timeout only through process-group and subreaper kills; it can read the user's files and reach the network. A warning is logged once. |
+
+All levels also get: a scrubbed environment (no API keys or tokens), and per-program limits on
+address space, file size, CPU time and core dumps, a new session, and a death signal.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from scicode.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LEVELS = ("auto", "bwrap", "unshare", "none")
+SANDBOX_SCRATCH = "/tmp/scicode-tasks"
+TMPFS_BYTES = 1 << 30
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
+_SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+_PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+@dataclass(frozen=True)
+class Level:
+    """An isolation level: how workers are started and whether they make per-task namespaces."""
+
+    name: str
+    notes: str
+    namespaces: bool
+    python: str
+
+    def command(self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str]) -> list[str]:
+        """The command that starts a worker with this isolation."""
+        if self.name != "bwrap":
+            return [*argv, str(scratch)]
+        return [*_bwrap_args(self.python, payload=payload, hidden=hidden), "--", *argv, SANDBOX_SCRATCH]
+
+
+def scrubbed_env(*, payload: Path) -> dict[str, str]:
+    """The environment of workers and step programs: nothing secret, BLAS pinned to one thread."""
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env.update(
+        PYTHONPATH=str(payload),
+        PYTHONDONTWRITEBYTECODE="1",
+        PYTHONNOUSERSITE="1",
+        MPLBACKEND="Agg",
+        OPENBLAS_NUM_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        NUMEXPR_NUM_THREADS="1",
+        VECLIB_MAXIMUM_THREADS="1",
+    )
+    return env
+
+
+def choose(requested: str, *, python: str) -> Level:
+    """The level to use: `requested`, or for `auto` the strongest that works here.
+
+    Raises:
+        ConfigError: a level was requested explicitly but does not work on this machine.
+    """
+    if requested not in LEVELS:
+        raise ConfigError(f"isolation={requested!r}: choose one of {', '.join(LEVELS)}")
+    available = probe(python)
+    if requested == "auto":
+        for name in ("bwrap", "unshare"):
+            if name in available:
+                return available[name]
+        _warn_unisolated()
+        return available["none"]
+    if requested not in available:
+        raise ConfigError(
+            f"isolation={requested!r} does not work on this machine; available: {', '.join(available)}. "
+            + ("Install bubblewrap (apt-get install bubblewrap)." if requested == "bwrap" else "")
+        )
+    if requested == "none":
+        _warn_unisolated()
+    return available[requested]
+
+
+@functools.cache
+def _warn_unisolated() -> None:
+    logger.warning(
+        "scicode: step programs run WITHOUT isolation: model code can read your files (including "
+        "targets) and reach the network. Install bubblewrap (apt-get install bubblewrap) or enable "
+        "unprivileged user namespaces for a trustworthy score."
+    )
+
+
+@functools.cache
+def probe(python: str) -> dict[str, Level]:
+    """Which levels work with this interpreter (run once per process)."""
+    levels = {"none": Level("none", "rlimits, new session, subreaper kill; no namespaces", False, python)}
+    if _namespaces_work(python):
+        levels["unshare"] = Level("unshare", "per-program user, PID and network namespaces", True, python)
+    if shutil.which("bwrap") and _bwrap_works(python):
+        levels["bwrap"] = Level(
+            "bwrap", "bubblewrap: minimal read-only filesystem, private tmpfs, no network, no capabilities, "
+            "per-program PID namespace", True, python,
+        )
+    return levels
+
+
+def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _namespaces_work(python: str) -> bool:
+    code = (
+        "import os,sys\n"
+        "from scicode.runtime.worker import _new_namespaces\n"
+        "ns = _new_namespaces(True)\n"
+        "if not ns: sys.exit(3)\n"
+        "pid = os.fork()\n"
+        "if pid == 0: os._exit(0 if os.getpid() == 1 else 4)\n"
+        "_, st = os.waitpid(pid, 0); sys.exit(os.waitstatus_to_exitcode(st))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    result = _run([python, "-c", code], env=env)
+    return result is not None and result.returncode == 0
+
+
+@functools.cache
+def _python_paths(python: str) -> tuple[str, ...]:
+    """Directories the interpreter needs: prefixes, the real executable's dir, sys.path entries."""
+    code = (
+        "import sys, os, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
+        "os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable)] + sys.path))"
+    )
+    result = _run([python, "-c", code], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if result is None or result.returncode != 0:
+        raise ConfigError(f"cannot run the sandbox interpreter {python!r}: {result.stderr if result else 'failed'}")
+    paths = {os.path.realpath(p) for p in json.loads(result.stdout) if p and os.path.isdir(p)}
+    paths |= {p for p in json.loads(result.stdout) if p and os.path.isdir(p)}
+    return tuple(sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS)))
+
+
+def _package_dirs(python_paths: Sequence[str]) -> list[str]:
+    """Installed copies of this package visible to the sandbox: hidden (they hold gold code)."""
+    return [os.path.join(p, "scicode") for p in python_paths if os.path.isdir(os.path.join(p, "scicode", "data"))]
+
+
+def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str]) -> list[str]:
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    bound: list[str] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            args += ["--symlink", os.readlink(d), d]
+        elif os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+            bound.append(d)
+    for p in _python_paths(python):
+        args += ["--ro-bind", p, p]
+        bound.append(p)
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    args += ["--ro-bind", str(payload), str(payload)]
+    masks = [*_SECRET_FILES, *hidden, *_package_dirs(_python_paths(python))]
+    for path in masks:
+        path = os.path.realpath(path)
+        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound) or not os.path.exists(path):
+            continue
+        args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    args += ["--chdir", "/tmp"]
+    return args
+
+
+def _bwrap_works(python: str) -> bool:
+    from scicode.execution.payload import write_payload
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="scicode-probe-") as tmp:
+        payload = write_payload(Path(tmp))
+        try:
+            cmd = [*_bwrap_args(python, payload=payload, hidden=()), "--", python, "-c", "import scicode.codec; print('ok')"]
+        except ConfigError:
+            return False
+        result = _run(cmd, env=scrubbed_env(payload=payload))
+    if result is None or result.returncode != 0:
+        logger.info("bubblewrap is installed but does not work here: %s", (result.stderr if result else "")[-500:])
+        return False
+    return result.stdout.strip() == "ok"
+
+
+def sandbox_python_default() -> str:
+    """The interpreter step programs use unless `sandbox_python` names another."""
+    return sys.executable

@@ -1,0 +1,54 @@
+"""The sandbox payload: the few modules a sandbox needs, copied out of the installed package.
+
+Workers import only this copy (it is first on their PYTHONPATH), never the installed package,
+so the sandbox can be shown a minimal filesystem without the package's data files (which hold
+the validation split's gold code) and remote sandboxes can receive it as a small bundle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent.parent
+FILES = (
+    "__init__.py",
+    "codec.py",
+    "runtime/__init__.py",
+    "runtime/probe.py",
+    "runtime/worker.py",
+    "compare/__init__.py",
+    "compare/cmp.py",
+)
+
+
+def write_payload(directory: Path) -> Path:
+    """Copy the payload under `directory` (as `directory/scicode/...`); returns `directory`."""
+    for rel in FILES:
+        dest = directory / "scicode" / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_PACKAGE / rel, dest)
+    return directory
+
+
+def payload_tar() -> bytes:
+    """The payload as a gzipped tar of `scicode/...` (for remote sandboxes)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in FILES:
+            info = tarfile.TarInfo(f"scicode/{rel}")
+            data = (_PACKAGE / rel).read_bytes()
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def payload_digest() -> str:
+    """A short hash of the payload's content (names a remote copy)."""
+    h = hashlib.sha256()
+    for rel in FILES:
+        h.update(rel.encode() + b"\0" + (_PACKAGE / rel).read_bytes())
+    return h.hexdigest()[:16]

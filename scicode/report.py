@@ -1,0 +1,142 @@
+"""Summaries of a run, as the paper defines its metrics.
+
+* Main-problem resolve rate: problems whose every scored step passes / problems.
+* Subproblem pass rate: the *micro* average, steps passed / steps scored over the whole run
+  (the paper's number), next to the macro average of per-problem fractions (the reward's mean).
+* With several rollouts per problem, pass@k for both, by the unbiased estimator.
+
+Denominators are those of the problems in the run: the paper's test numbers are over 65 problems
+and 288 steps, validation over 15 and 50, both splits together over 80 and 338. Given steps are
+never scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    """One rollout's outcome: a problem and its steps' verdicts."""
+
+    problem_id: str
+    split: str
+    steps: tuple[Mapping[str, Any], ...]
+    """Each: step_id, passed, kind, detail, seconds (and code)."""
+
+    @property
+    def passed(self) -> int:
+        return sum(bool(s["passed"]) for s in self.steps)
+
+    @property
+    def solved(self) -> bool:
+        return bool(self.steps) and self.passed == len(self.steps)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Paper-style figures of a set of rollouts."""
+
+    problems: int
+    problems_solved: float
+    """Mean over problems of the fraction of its rollouts that solve it (= count at 1 rollout)."""
+    steps: int
+    steps_passed: float
+    macro: float
+    rollouts: int
+    kinds: dict[str, int] = field(default_factory=dict)
+    pass_at_k: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def resolve_rate(self) -> float:
+        return self.problems_solved / self.problems if self.problems else 0.0
+
+    @property
+    def micro(self) -> float:
+        return self.steps_passed / self.steps if self.steps else 0.0
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod((n - c - i) / (n - i) for i in range(k))
+
+
+def summarize(records: Iterable[RolloutRecord]) -> Summary:
+    """Figures over all records (several rollouts of a problem are averaged per problem)."""
+    by_problem: dict[str, list[RolloutRecord]] = defaultdict(list)
+    for r in records:
+        by_problem[r.problem_id].append(r)
+    kinds: Counter[str] = Counter()
+    problems_solved = steps_passed = macro = 0.0
+    steps = rollouts = 0
+    for runs in by_problem.values():
+        rollouts += len(runs)
+        problems_solved += sum(r.solved for r in runs) / len(runs)
+        steps += len(runs[0].steps)
+        steps_passed += sum(r.passed for r in runs) / len(runs)
+        macro += sum(r.passed / len(r.steps) if r.steps else 0.0 for r in runs) / len(runs)
+        for r in runs:
+            kinds.update(str(s["kind"]) for s in r.steps)
+    n = len(by_problem)
+    return Summary(
+        problems=n, problems_solved=problems_solved, steps=steps, steps_passed=steps_passed,
+        macro=macro / n if n else 0.0, rollouts=rollouts, kinds=dict(kinds),
+        pass_at_k=_pass_at_k(by_problem),
+    )
+
+
+def _pass_at_k(by_problem: Mapping[str, Sequence[RolloutRecord]]) -> dict[str, float]:
+    counts = {len(runs) for runs in by_problem.values()}
+    if not by_problem or min(counts) < 2:
+        return {}
+    n = min(counts)
+    out: dict[str, float] = {}
+    for k in sorted({1, 2, 4, 8, n} & set(range(1, n + 1))):
+        main = [pass_at_k(n, sum(r.solved for r in runs[:n]), k) for runs in by_problem.values()]
+        step_scores = []
+        for runs in by_problem.values():
+            for i in range(len(runs[0].steps)):
+                step_scores.append(pass_at_k(n, sum(bool(r.steps[i]["passed"]) for r in runs[:n]), k))
+        out[f"main@{k}"] = sum(main) / len(main)
+        out[f"subproblem@{k}"] = sum(step_scores) / len(step_scores) if step_scores else 0.0
+    return out
+
+
+def by_split(records: Sequence[RolloutRecord]) -> dict[str, Summary]:
+    """One summary per split present, plus `all` when there are several."""
+    splits = sorted({r.split for r in records})
+    out = {s: summarize(r for r in records if r.split == s) for s in splits}
+    if len(splits) > 1:
+        out["all"] = summarize(records)
+    return out
+
+
+def format_summary(summaries: Mapping[str, Summary]) -> str:
+    """The paper-style table as text."""
+    lines = [
+        f"{'split':<11} {'main problems':>22} {'subproblems (micro)':>24} {'macro':>7} {'rollouts':>9}",
+    ]
+    for name, s in summaries.items():
+        lines.append(
+            f"{name:<11} {s.problems_solved:>8.2f}/{s.problems:<4} {100 * s.resolve_rate:6.1f}% "
+            f"{s.steps_passed:>10.2f}/{s.steps:<4} {100 * s.micro:6.1f}% {100 * s.macro:6.1f}% {s.rollouts:>9}"
+        )
+    for name, s in summaries.items():
+        if s.pass_at_k:
+            lines.append(f"{name} pass@k: " + ", ".join(f"{k}={100 * v:.1f}%" for k, v in s.pass_at_k.items()))
+    kinds = Counter()
+    for s in summaries.values():
+        if "all" in summaries and s is not summaries["all"]:
+            continue
+        kinds.update(s.kinds)
+    if kinds:
+        lines.append("step outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
+    return "\n".join(lines)

@@ -1,0 +1,175 @@
+"""Scoring a step: build its program, run it (retrying sandbox failures), fetch targets, judge.
+
+`StepScorer` is the one place the layers meet: `testplan` and `program` build, an `Executor` runs,
+`TargetService` supplies targets (deriving validation targets from the gold code when the official
+file is absent), and `verdict.judge` decides. The environment, the CLI and the benchmarks all
+score through it, so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from scicode.dataset import Problem, Step
+from scicode.errors import SandboxUnavailable, TargetsError
+from scicode.execution.base import ExecResult, Executor, StepProgram
+from scicode.parser import has_code
+from scicode.program import build_step_program
+from scicode.targets import TargetStore, StepFileTargets
+from scicode.testplan import TestPlan, plan_step
+from scicode.verdict import FailureKind, StepVerdict, derive_targets, judge, no_run_verdict
+
+logger = logging.getLogger(__name__)
+
+#: Code run before a step's gold code when deriving its targets, to match the official file.
+#: 78.3's reference solution picks its time step by timing two runs with time.time(); the official
+#: targets were evidently made with a coarse (15.625 ms) clock, under which the fast run measures
+#: 0 s and dt=10 wins. See README "Known dataset defects".
+DERIVATION_SHIMS = {
+    "78.3": (
+        "import time as _scicode_time\n"
+        "_scicode_clock = _scicode_time.time\n"
+        "_scicode_time.time = lambda: (_scicode_clock() // 0.015625) * 0.015625\n"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """How steps are run and judged."""
+
+    timeout: float = 300.0
+    infra_retries: int = 2
+    max_probe_bytes: int = 64 << 20
+    retry_backoff: float = 1.0
+
+
+@functools.lru_cache(maxsize=1024)
+def _plan(step_id: str, dependencies: str, tests: tuple[str, ...]) -> TestPlan:
+    return plan_step(step_id, dependencies, tests)
+
+
+def plan_for(problem: Problem, step: Step) -> TestPlan:
+    """The (cached) test plan of a step."""
+    return _plan(step.step_id, problem.dependencies, step.test_cases)
+
+
+def program_for(problem: Problem, index: int, codes: Sequence[str]) -> StepProgram:
+    """The probe program of step `index` given the code of steps 0..index."""
+    step = problem.steps[index]
+    prior = [(s.step_id, c) for s, c in zip(problem.steps[:index], codes[:index], strict=True)]
+    return build_step_program(
+        step_id=step.step_id, dependencies=problem.dependencies, prior=prior, code=codes[index],
+        plan=plan_for(problem, step),
+    )
+
+
+class TargetService:
+    """Targets for judging: an official store first, then validation targets derived from gold code."""
+
+    def __init__(self, official: TargetStore | None, derived: StepFileTargets | None) -> None:
+        self.official = official
+        self.derived = derived
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def available(self, step_id: str) -> bool:
+        """True when targets for the step exist without deriving."""
+        return any(s is not None and s.has(step_id) for s in (self.official, self.derived))
+
+    def can_derive(self, step: Step) -> bool:
+        """True when the step's targets can be derived (a validation step with gold code)."""
+        return self.derived is not None and step.gold_code is not None and not step.given
+
+    def load(self, step: Step) -> list[Any]:
+        """Targets of a step (sync; called from the judging thread)."""
+        for store in (self.official, self.derived):
+            if store is not None and store.has(step.step_id):
+                return store.load(step.step_id, len(step.test_cases))
+        raise TargetsError(
+            f"no targets for step {step.step_id}; the test split needs the official test_data.h5 "
+            "(see the README, 'Targets')."
+        )
+
+    async def ensure(self, problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]],
+                     max_probe_bytes: int) -> None:
+        """Derive the step's targets from its gold code if no store has them yet."""
+        if self.available(step.step_id) or not self.can_derive(step):
+            return
+        lock = self._locks.setdefault(step.step_id, asyncio.Lock())
+        async with lock:
+            if self.available(step.step_id):
+                return
+            assert self.derived is not None
+            targets = await derive_step(problem, step, run, max_probe_bytes)
+            await asyncio.to_thread(self.derived.save, step.step_id, targets)
+            logger.info("derived targets of validation step %s from its gold code", step.step_id)
+
+
+async def derive_step(problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]],
+                      max_probe_bytes: int) -> list[Any]:
+    """Run the gold code of steps 1..k and read step k's targets off its asserts.
+
+    Raises:
+        TargetsError: the gold run failed or its targets cannot be read.
+    """
+    index = problem.steps.index(step)
+    codes = [s.gold_code or "" for s in problem.steps[: index + 1]]
+    codes[index] = DERIVATION_SHIMS.get(step.step_id, "") + codes[index]
+    program = program_for(problem, index, codes)
+    result = await run(program)
+    try:
+        return await asyncio.to_thread(derive_targets, plan_for(problem, step), result, max_probe_bytes=max_probe_bytes)
+    except ValueError as e:
+        raise TargetsError(f"cannot derive targets of step {step.step_id}: {e}") from e
+
+
+class StepScorer:
+    """Scores steps of problems (see module docstring)."""
+
+    def __init__(self, executor: Executor, targets: TargetService, options: ScoringOptions) -> None:
+        self.executor = executor
+        self.targets = targets
+        self.options = options
+
+    async def run_program(self, program: StepProgram) -> ExecResult:
+        """Run a program, retrying sandbox failures with backoff.
+
+        Raises:
+            SandboxUnavailable: it still failed after `infra_retries` retries.
+        """
+        for attempt in range(self.options.infra_retries + 1):
+            try:
+                return await self.executor.run(program, timeout=self.options.timeout)
+            except SandboxUnavailable as e:
+                if attempt == self.options.infra_retries:
+                    raise
+                logger.warning("sandbox failure on step %s (attempt %d): %s", program.step_id, attempt + 1, e)
+                await asyncio.sleep(self.options.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def score(self, problem: Problem, index: int, codes: Sequence[str]) -> StepVerdict:
+        """The verdict of step `index` of `problem`, whose steps 0..index have `codes`."""
+        step = problem.steps[index]
+        if not has_code(codes[index]):
+            return no_run_verdict(step.step_id, FailureKind.NO_CODE, "the reply contains no code")
+        try:
+            await self.targets.ensure(problem, step, self.run_program, self.options.max_probe_bytes)
+        except (TargetsError, SandboxUnavailable) as e:
+            return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
+        program = program_for(problem, index, codes)
+        try:
+            result = await self.run_program(program)
+        except SandboxUnavailable as e:
+            return no_run_verdict(step.step_id, FailureKind.SANDBOX_ERROR, str(e))
+        try:
+            return await asyncio.to_thread(
+                judge, plan_for(problem, step), program, result, lambda: self.targets.load(step),
+                max_probe_bytes=self.options.max_probe_bytes,
+            )
+        except TargetsError as e:
+            return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
