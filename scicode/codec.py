@@ -170,7 +170,25 @@ class _Encoder:
 
         if not isinstance(v, sympy.Basic):
             raise EncodeError(f"a value of type {type(v).__name__} cannot be judged")
-        return ["sympy", sympy.srepr(v)]
+        return ["sympy", self.sympy_node(v, sympy, 0)]
+
+    def sympy_node(self, v: Any, sympy: Any, depth: int) -> list[Any]:
+        """A sympy object as (class, args) in its true args order, so it rebuilds identically."""
+        self.nodes += 1
+        if depth > MAX_DEPTH or self.nodes > MAX_NODES:
+            raise EncodeError("value nested too deeply or too large")
+        if isinstance(v, sympy.Symbol) and type(v) is sympy.Symbol:
+            assumptions = {k: bool(x) for k, x in v._assumptions_orig.items() if x is not None}
+            return ["Symbol", v.name, assumptions]
+        if isinstance(v, sympy.Integer):
+            return ["Integer", str(int(v))]
+        if isinstance(v, sympy.Rational):
+            return ["Rational", str(v.p), str(v.q)]
+        if isinstance(v, sympy.Float):
+            return ["Float", str(v), int(v._prec)]
+        if not v.args:
+            return ["S", type(v).__name__]
+        return ["call", v.func.__name__, [self.sympy_node(a, sympy, depth + 1) for a in v.args]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,9 +311,9 @@ class _Decoder:
             if tag == "sparse":
                 return self.sparse(*args[:5], depth=depth)
             if tag == "sympy":
-                from scicode.sympy_safe import parse_srepr
+                from scicode.sympy_safe import build_sympy
 
-                return parse_srepr(_expect(args[0], str))
+                return build_sympy(args[0])
         except DecodeError:
             raise
         except (IndexError, TypeError, ValueError, OverflowError, KeyError) as e:

@@ -59,3 +59,45 @@ def cache_dir() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "scicode"
+
+
+def _cell(value: Any) -> str:
+    import json
+
+    return f"`{json.dumps(value)}`".replace("|", "\\|")
+
+
+def args_table() -> str:
+    """The README's env-args table, generated from the manifest."""
+    lines = ["| arg | default | description |", "|---|---|---|"]
+    for name, spec in arg_specs().items():
+        choices = spec.get("choices")
+        extra = f" One of {', '.join(f'`{c}`' for c in choices)}." if choices else ""
+        lines.append(f"| `{name}` | {_cell(spec['default'])} | {spec['description']}{extra} |")
+    return "\n".join(lines)
+
+
+def metrics_table() -> str:
+    """The README's metrics table, generated from the manifest."""
+    lines = ["| metric | meaning |", "|---|---|"]
+    lines += [f"| `{name}` | {text} |" for name, text in manifest()["metrics"].items()]
+    return "\n".join(lines)
+
+
+def update_readme(path: Path) -> None:
+    """Rewrite the generated tables of a README in place."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    for name, table in (("args-table", args_table()), ("metrics-table", metrics_table())):
+        text = re.sub(
+            rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", lambda m, t=table: m.group(1) + t + m.group(2),
+            text, flags=re.S,
+        )
+    path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m scicode.config README.md
+    import sys
+
+    update_readme(Path(sys.argv[1] if len(sys.argv) > 1 else "README.md"))

@@ -1,74 +1,93 @@
-"""Rebuild a sympy value from its `srepr` text without evaluating untrusted code.
+"""Rebuild a sympy value from its encoded tree without evaluating anything.
 
-`sympy.sympify` and `parse_expr` call `eval`; this parser walks the text's syntax tree and allows
-only calls of sympy classes (subclasses of `sympy.Basic`) with literal arguments, under
-`sympy.evaluate(False)` so that nothing is computed while rebuilding. Anything else is refused.
+The sandbox sends a sympy object as nested `(class name, args)` nodes in its true argument order
+(`scicode.codec`). Here only sympy classes (subclasses of `sympy.Basic`, looked up by name on the
+`sympy` module or its singleton registry) are instantiated, from literals, under
+`sympy.evaluate(False)` so that a hostile tree cannot make the trusted process compute anything
+large. Because the arguments arrive in canonical order, the rebuilt object equals the original.
 """
 
 from __future__ import annotations
 
-import ast
 from typing import Any
 
 from scicode.codec import DecodeError
 
-MAX_TEXT = 200_000
 MAX_NODES = 20_000
+MAX_PRECISION = 4096
 
 
-def parse_srepr(text: str) -> Any:
-    """The sympy object that `text` (an `srepr`) describes.
+def build_sympy(node: Any) -> Any:
+    """The sympy object a node describes.
 
     Raises:
-        DecodeError: the text is not a plain srepr of allowed sympy classes and literals.
+        DecodeError: the node is malformed or names something other than a sympy class.
     """
     import sympy
 
-    if len(text) > MAX_TEXT:
-        raise DecodeError("sympy value too large")
-    try:
-        tree = ast.parse(text, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        raise DecodeError(f"unreadable sympy value: {e}") from e
-    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
-        raise DecodeError("sympy value too large")
+    counter = [0]
     with sympy.evaluate(False):
         try:
-            return _build(tree.body, sympy)
+            return _build(node, sympy, counter)
         except DecodeError:
             raise
         except Exception as e:  # noqa: BLE001 - a constructor refusing its arguments is a bad value
             raise DecodeError(f"invalid sympy value: {type(e).__name__}: {e}") from e
 
 
-def _build(node: ast.AST, sympy: Any) -> Any:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float, str, bool, type(None)):
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and isinstance(node.operand, ast.Constant):
-        return -_build(node.operand, sympy)
-    if isinstance(node, (ast.Tuple, ast.List)):
-        items = [_build(e, sympy) for e in node.elts]
-        return tuple(items) if isinstance(node, ast.Tuple) else items
-    if isinstance(node, ast.Name):
-        return _sympy_attr(node.id, sympy, want_class=False)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-        cls = _sympy_attr(node.func.id, sympy, want_class=True)
-        args = [_build(a, sympy) for a in node.args]
-        kwargs = {k.arg: _build(k.value, sympy) for k in node.keywords if k.arg}
-        if len(kwargs) != len(node.keywords):
-            raise DecodeError("sympy value uses ** arguments")
-        if "precision" in kwargs and not (isinstance(kwargs["precision"], int) and 0 < kwargs["precision"] <= 4096):
+def _build(node: Any, sympy: Any, counter: list[int]) -> Any:
+    counter[0] += 1
+    if counter[0] > MAX_NODES:
+        raise DecodeError("sympy value too large")
+    if not isinstance(node, list) or not node or not isinstance(node[0], str):
+        raise DecodeError("malformed sympy node")
+    tag, args = node[0], node[1:]
+    if tag == "Symbol":
+        name, assumptions = args
+        if not isinstance(name, str) or not isinstance(assumptions, dict):
+            raise DecodeError("malformed sympy Symbol")
+        if not all(isinstance(k, str) and isinstance(v, bool) for k, v in assumptions.items()):
+            raise DecodeError("malformed sympy assumptions")
+        return sympy.Symbol(name, **assumptions)
+    if tag == "Integer":
+        return sympy.Integer(int(_str(args[0])))
+    if tag == "Rational":
+        return sympy.Rational(int(_str(args[0])), int(_str(args[1])))
+    if tag == "Float":
+        precision = args[1]
+        if not isinstance(precision, int) or not 0 < precision <= MAX_PRECISION:
             raise DecodeError("sympy Float precision out of range")
-        return cls(*args, **kwargs)
-    raise DecodeError(f"sympy value contains a {type(node).__name__}")
+        return sympy.Float(_str(args[0]), precision=precision)
+    if tag == "S":
+        return _singleton(_str(args[0]), sympy)
+    if tag == "call":
+        cls = _sympy_class(_str(args[0]), sympy)
+        if not isinstance(args[1], list):
+            raise DecodeError("malformed sympy arguments")
+        return cls(*(_build(a, sympy, counter) for a in args[1]), evaluate=False)
+    raise DecodeError(f"unknown sympy node {tag!r}")
 
 
-def _sympy_attr(name: str, sympy: Any, *, want_class: bool) -> Any:
-    obj = getattr(sympy, name, None)
-    if name.startswith("_") or obj is None:
-        raise DecodeError(f"unknown sympy name {name!r}")
-    if want_class and isinstance(obj, type) and issubclass(obj, sympy.Basic):
-        return obj
-    if not want_class and isinstance(obj, sympy.Basic):
-        return obj  # singletons such as pi, I, oo
-    raise DecodeError(f"sympy name {name!r} is not allowed here")
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise DecodeError("malformed sympy literal")
+    return value
+
+
+def _sympy_class(name: str, sympy: Any) -> Any:
+    cls = getattr(sympy, name, None)
+    if name.startswith("_") or not (isinstance(cls, type) and issubclass(cls, sympy.Basic)):
+        raise DecodeError(f"sympy name {name!r} is not allowed")
+    return cls
+
+
+def _singleton(name: str, sympy: Any) -> Any:
+    if name.startswith("_"):
+        raise DecodeError(f"sympy name {name!r} is not allowed")
+    try:
+        value = getattr(sympy.S, name)
+    except AttributeError:
+        value = None
+    if not isinstance(value, sympy.Basic):
+        raise DecodeError(f"sympy singleton {name!r} is not allowed")
+    return value
