@@ -169,10 +169,11 @@ def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str]) -> list[st
         elif os.path.isdir(d):
             args += ["--ro-bind", d, d]
             bound.append(d)
+    # The private /tmp first: interpreter or payload paths under /tmp are bound on top of it.
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     for p in _python_paths(python):
         args += ["--ro-bind", p, p]
         bound.append(p)
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     args += ["--ro-bind", str(payload), str(payload)]
     masks = [*_SECRET_FILES, *hidden, *_package_dirs(_python_paths(python))]
     for path in masks:

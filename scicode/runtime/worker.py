@@ -274,7 +274,8 @@ def _run_in(req: dict[str, Any], mode: str) -> dict[str, Any]:
 def main() -> None:
     """Serve requests until stdin closes."""
     mode = sys.argv[1] if len(sys.argv) > 1 else "warm"
-    scratch = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"
+    # Workers may share a scratch root (levels without a private tmpfs): each gets its own directory.
+    scratch = os.path.join(sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks", f"worker-{os.getpid()}")
     os.makedirs(scratch, mode=0o700, exist_ok=True)
     reply_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
