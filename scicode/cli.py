@@ -1,7 +1,9 @@
 """The `scicode` command line.
 
     scicode run      evaluate a reference policy (default: gold on the validation split, locally)
-    scicode report   print the paper-style table of a saved run
+    scicode check    self-test of the installation and sandbox (gold code must pass validation)
+    scicode report   print the paper-style table of saved results (scicode run or vf-eval)
+    scicode targets  fetch the official targets file, build or compare validation targets
 
 `scicode run` drives the same environment as `vf-eval scicode`, with a built-in policy standing
 in for the model, so it needs no API key and no network.
@@ -42,8 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", default="scicode-runs", help="directory for the results file (default: ./scicode-runs)")
     run.add_argument("--quiet", "-q", action="store_true", help="no per-problem lines")
 
-    report = sub.add_parser("report", help="print the paper-style table of a saved run")
-    report.add_argument("results", type=Path, help="a results.json written by `scicode run`")
+    check = sub.add_parser("check", help="self-test: the gold policy on the validation split, and step runnability")
+    check.add_argument("--env-args", "-a", default="{}", help="env args as JSON (e.g. the sandbox to check)")
+
+    report = sub.add_parser("report", help="print the paper-style table of saved results")
+    report.add_argument("results", type=Path, help="scicode run's results.json, vf-eval's results.jsonl, or a directory")
+
+    targets = sub.add_parser("targets", help="fetch, build or compare targets")
+    tsub = targets.add_subparsers(dest="action", required=True)
+    tsub.add_parser("fetch", help="download the official test_data.h5 into the cache (resumable, checksum-verified)")
+    build = tsub.add_parser("build", help="derive every validation step's targets from its gold code")
+    build.add_argument("--output", "-o", type=Path, help="also write them as one file in the official layout")
+    compare = tsub.add_parser("compare", help="compare derived validation targets with a targets file")
+    compare.add_argument("file", type=Path, help="e.g. the official test_data.h5")
     return parser
 
 
@@ -54,8 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return asyncio.run(_run(args))
+        if args.command == "check":
+            return asyncio.run(_check(args))
         if args.command == "report":
             return _report(args.results)
+        if args.command == "targets":
+            return asyncio.run(_targets(args))
     except SciCodeError as e:
         print(f"scicode: error: {e}", file=sys.stderr)
         return 2
@@ -142,15 +159,120 @@ def _jsonable(value: Any) -> Any:
     return None if value is None else str(value)
 
 
-def load_records(path: Path) -> list[RolloutRecord]:
-    """Rollout records from a saved results file."""
-    data = json.loads(path.read_text())
-    return [RolloutRecord(str(r["problem_id"]), str(r["split"]), tuple(r["steps"])) for r in data["rollouts"]]
-
-
 def _report(path: Path) -> int:
-    print(format_summary(by_split(load_records(path))))
+    from scicode.report import load_run
+
+    records = load_run(path)
+    print(format_summary(by_split(records)))
     return 0
+
+
+async def _check(args: argparse.Namespace) -> int:
+    from scicode.dataset import KNOWN_DEFECTS, load_problems
+    from scicode.env import load_environment
+    from scicode.policies import GoldPolicy
+    from scicode.runnability import check_runnable
+
+    env_args = {"split": "validation", **json.loads(args.env_args)}
+    env = load_environment(**env_args)
+    executor = env.scorer.executor
+    print(f"scicode check: sandbox={executor.name}", flush=True)
+    try:
+        unrunnable = await check_runnable(load_problems(split="all", source="bundled"), executor)
+        out = await env.evaluate(client=GoldPolicy(list(env.problems.values())), model="gold", state_columns=["scicode"])
+        described = executor.describe()
+    finally:
+        await executor.aclose()
+    steps = [s for o in out["outputs"] for s in (o.get("scicode") or {}).get("steps", [])]
+    unexpected = [s for s in steps if not s["passed"] and s["step_id"] not in KNOWN_DEFECTS]
+    print(f"isolation: {described.get('isolation', '-')} ({described.get('isolation_notes', '')})")
+    print(f"runnable steps: {338 - len(unrunnable)}/338" + "".join(f"\n  {u.step_id}: {u.reason}" for u in unrunnable))
+    print(f"gold on validation: {sum(s['passed'] for s in steps)}/{len(steps)} steps pass "
+          f"(expected failures: {', '.join(sorted(KNOWN_DEFECTS))})")
+    for s in unexpected:
+        print(f"  UNEXPECTED {s['step_id']}: {s['kind']}: {s['detail'][:300]}")
+    ok = not unrunnable and not unexpected and len(steps) == 50
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+async def _targets(args: argparse.Namespace) -> int:
+    from scicode.target_sources import official_cache_path
+
+    if args.action == "fetch":
+        from scicode.download import fetch
+
+        path = fetch(official_cache_path())
+        print(f"official targets: {path}")
+        return 0
+    from scicode.dataset import load_problems
+    from scicode.execution import ExecutorOptions, make_executor
+    from scicode.scorer import ScoringOptions, StepScorer
+    from scicode.target_sources import resolve_targets
+
+    problems = load_problems(split="validation", source="bundled")
+    service, hidden = resolve_targets("auto", problems)
+    service.official = None  # derive, whatever the cache holds
+    executor = make_executor("local", ExecutorOptions(extra={"hidden_paths": hidden}))
+    scorer = StepScorer(executor, service, ScoringOptions())
+    steps = [(p, s) for p in problems for s in p.scored_steps]
+    try:
+        await _derive_all(scorer, steps)
+    finally:
+        await executor.aclose()
+    assert service.derived is not None
+    if args.action == "build":
+        print(f"derived targets of {len(steps)} validation steps: {service.derived.directory}")
+        if args.output:
+            _merge([service.derived.path(s.step_id) for _, s in steps], args.output)
+            print(f"written in the official layout: {args.output}")
+        return 0
+    return _compare(steps, service.derived, args.file)
+
+
+async def _derive_all(scorer: Any, steps: list[Any]) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(steps), desc="deriving validation targets", unit="step")
+
+    async def one(problem: Any, step: Any) -> None:
+        await scorer.targets.ensure(problem, step, scorer.run_program, scorer.options.max_probe_bytes)
+        bar.update()
+
+    try:
+        await asyncio.gather(*(one(p, s) for p, s in steps))
+    finally:
+        bar.close()
+
+
+def _merge(files: list[Path], output: Path) -> None:
+    import h5py
+
+    with h5py.File(output, "w") as out:
+        for path in files:
+            with h5py.File(path, "r") as src:
+                for name in src:
+                    src.copy(src[name], out, name)
+
+
+def _compare(steps: list[Any], derived: Any, path: Path) -> int:
+    from scicode.targets import H5Targets, differences
+
+    other = H5Targets(path)
+    same = missing = 0
+    for _, step in steps:
+        if not other.has(step.step_id):
+            missing += 1
+            continue
+        n = len(step.test_cases)
+        found = differences(derived.load(step.step_id, n), other.load(step.step_id, n), where=step.step_id)
+        if found:
+            print("\n".join(found))
+        else:
+            same += 1
+    differ = len(steps) - same - missing
+    print(f"{same} of {len(steps)} validation steps agree; {differ} differ; {missing} missing in {path}")
+    return 1 if differ else 0
 
 
 if __name__ == "__main__":

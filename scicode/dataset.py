@@ -38,6 +38,8 @@ BUNDLED_SHA256 = {
 }
 SPLIT_FILES = {"validation": "problems_dev.jsonl", "test": "problems_all.jsonl"}
 GIVEN_STEPS = ("13.6", "62.1", "76.3")
+#: Steps whose reference solution fails the official targets on Linux (see README, "Known dataset defects").
+KNOWN_DEFECTS = {"78.3": "the reference solution picks its time step from wall-clock timings"}
 
 
 @dataclass(frozen=True)

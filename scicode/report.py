@@ -12,10 +12,12 @@ never scored.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -23,20 +25,26 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class RolloutRecord:
-    """One rollout's outcome: a problem and its steps' verdicts."""
+    """One rollout's outcome: a problem and its steps' verdicts (or only their counts)."""
 
     problem_id: str
     split: str
-    steps: tuple[Mapping[str, Any], ...]
+    steps: tuple[Mapping[str, Any], ...] = ()
     """Each: step_id, passed, kind, detail, seconds (and code)."""
+    counts: tuple[int, int] | None = None
+    """(passed, total) when the per-step records were not saved."""
 
     @property
     def passed(self) -> int:
-        return sum(bool(s["passed"]) for s in self.steps)
+        return self.counts[0] if self.counts else sum(bool(s["passed"]) for s in self.steps)
+
+    @property
+    def total(self) -> int:
+        return self.counts[1] if self.counts else len(self.steps)
 
     @property
     def solved(self) -> bool:
-        return bool(self.steps) and self.passed == len(self.steps)
+        return self.total > 0 and self.passed == self.total
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,9 @@ def summarize(records: Iterable[RolloutRecord]) -> Summary:
     for runs in by_problem.values():
         rollouts += len(runs)
         problems_solved += sum(r.solved for r in runs) / len(runs)
-        steps += len(runs[0].steps)
+        steps += runs[0].total
         steps_passed += sum(r.passed for r in runs) / len(runs)
-        macro += sum(r.passed / len(r.steps) if r.steps else 0.0 for r in runs) / len(runs)
+        macro += sum(r.passed / r.total if r.total else 0.0 for r in runs) / len(runs)
         for r in runs:
             kinds.update(str(s["kind"]) for s in r.steps)
     n = len(by_problem)
@@ -101,12 +109,13 @@ def _pass_at_k(by_problem: Mapping[str, Sequence[RolloutRecord]]) -> dict[str, f
     out: dict[str, float] = {}
     for k in sorted({1, 2, 4, 8, n} & set(range(1, n + 1))):
         main = [pass_at_k(n, sum(r.solved for r in runs[:n]), k) for runs in by_problem.values()]
-        step_scores = []
-        for runs in by_problem.values():
-            for i in range(len(runs[0].steps)):
-                step_scores.append(pass_at_k(n, sum(bool(r.steps[i]["passed"]) for r in runs[:n]), k))
         out[f"main@{k}"] = sum(main) / len(main)
-        out[f"subproblem@{k}"] = sum(step_scores) / len(step_scores) if step_scores else 0.0
+        if all(r.steps for runs in by_problem.values() for r in runs):
+            step_scores = [
+                pass_at_k(n, sum(bool(r.steps[i]["passed"]) for r in runs[:n]), k)
+                for runs in by_problem.values() for i in range(len(runs[0].steps))
+            ]
+            out[f"subproblem@{k}"] = sum(step_scores) / len(step_scores)
     return out
 
 
@@ -140,3 +149,35 @@ def format_summary(summaries: Mapping[str, Summary]) -> str:
     if kinds:
         lines.append("step outcomes: " + ", ".join(f"{k}={v}" for k, v in sorted(kinds.items())))
     return "\n".join(lines)
+
+
+def load_run(path: Path) -> list[RolloutRecord]:
+    """Rollout records from saved results: `scicode run`'s results.json, or vf-eval's results.jsonl
+    (per-step records when saved with `-C scicode`, else the step counts from the metrics).
+
+    Raises:
+        FileNotFoundError: no results file at or under `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("results.jsonl")) or sorted(path.rglob("results.json"))
+        if not found:
+            raise FileNotFoundError(f"no results.json or results.jsonl under {path}")
+        path = found[-1]
+    if path.suffix == ".jsonl":
+        return [_vf_record(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    data = json.loads(path.read_text())
+    return [RolloutRecord(str(r["problem_id"]), str(r["split"]), tuple(r["steps"])) for r in data["rollouts"]]
+
+
+def _vf_record(row: Mapping[str, Any]) -> RolloutRecord:
+    sc = row.get("scicode") or {}
+    info = row.get("info") or {}
+    if isinstance(info, str):
+        info = json.loads(info)
+    pid = str(sc.get("problem_id") or info.get("problem_id"))
+    split = str(sc.get("split") or info.get("split") or "?")
+    if sc.get("steps"):
+        return RolloutRecord(pid, split, tuple(sc["steps"]))
+    metrics = row.get("metrics") or row
+    return RolloutRecord(pid, split, counts=(int(metrics.get("steps_passed", 0)), int(metrics.get("steps_total", 0))))

@@ -116,6 +116,41 @@ class ChainTargets:
         raise TargetsError(f"no targets for step {step_id}")
 
 
+def differences(a: Any, b: Any, *, rtol: float = 1e-5, atol: float = 1e-8, where: str = "") -> list[str]:
+    """Where two decoded targets differ (empty when equal, numbers within np.allclose tolerances)."""
+    import scipy.sparse as sp
+
+    if sp.issparse(a) or sp.issparse(b):
+        if not (sp.issparse(a) and sp.issparse(b)):
+            return [f"{where}: sparse vs {type(b).__name__}"]
+        return differences(a.toarray(), b.toarray(), rtol=rtol, atol=atol, where=where)
+    if isinstance(a, dict) or isinstance(b, dict):
+        if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
+            return [f"{where}: dicts with different keys"]
+        return [d for k in a for d in differences(a[k], b[k], rtol=rtol, atol=atol, where=f"{where}[{k!r}]")]
+    if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+        if type(a) is not type(b) or len(a) != len(b):
+            return [f"{where}: {type(a).__name__}[{_len(a)}] vs {type(b).__name__}[{_len(b)}]"]
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, rtol=rtol, atol=atol, where=f"{where}[{i}]")]
+    if isinstance(a, str) or isinstance(b, str):
+        return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
+    x, y = np.asarray(a), np.asarray(b)
+    if x.shape != y.shape:
+        return [f"{where}: shape {x.shape} vs {y.shape}"]
+    try:
+        close = np.allclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
+    except TypeError:
+        close = bool(np.all(x == y))
+    if close:
+        return []
+    diff = np.max(np.abs(x.astype(complex) - y.astype(complex))) if x.size else 0.0
+    return [f"{where}: values differ (max |difference| {diff:.3g})"]
+
+
+def _len(value: Any) -> int:
+    return len(value) if hasattr(value, "__len__") else -1
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading (the official decoder's rules)
 # ---------------------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from tests.fakes.http import LocalServer
 
-class FakeOpenAI:
+
+class FakeOpenAI(LocalServer):
     """Serves replies computed by `reply(messages) -> str`; records every request body."""
 
     def __init__(self, reply: Callable[[list[dict[str, Any]]], str]) -> None:
@@ -54,17 +56,8 @@ class FakeOpenAI:
                     "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
                 })
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeOpenAI:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(Handler)
+        self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def user_prompts(self) -> list[str]:
         """The last user message of every request, in arrival order."""
