@@ -211,11 +211,14 @@ def load_environment(
     dataset_source: str = config.default("dataset_source"),
     h5py_file: str = config.default("h5py_file"),
     given_step_code: str = config.default("given_step_code"),
+    strict_comparisons: bool = config.default("strict_comparisons"),
     sandbox: str = config.default("sandbox"),
     timeout_per_test: float = config.default("timeout_per_test"),
     memory_limit_mb: int = config.default("memory_limit_mb"),
     max_output_mb: int = config.default("max_output_mb"),
     max_concurrent_steps: int = config.default("max_concurrent_steps"),
+    max_processes: int = config.default("max_processes"),
+    max_disk_mb: int = config.default("max_disk_mb"),
     isolation: str = config.default("isolation"),
     worker_mode: str = config.default("worker_mode"),
     sandbox_python: str = config.default("sandbox_python"),
@@ -243,6 +246,7 @@ def load_environment(
     targets, hidden = resolve_targets(h5py_file, selected)
     options = ExecutorOptions(
         memory_mb=int(memory_limit_mb), output_mb=int(max_output_mb), concurrency=int(max_concurrent_steps),
+        disk_mb=int(max_disk_mb), max_processes=int(max_processes),
         extra={
             "isolation": isolation, "worker_mode": worker_mode, "python": sandbox_python, "hidden_paths": hidden,
             "image": sandbox_docker_image, "name": sandbox_name, "cpu_cores": sandbox_cpu_cores,
@@ -254,7 +258,7 @@ def load_environment(
         make_executor(sandbox, options),
         targets,
         ScoringOptions(timeout=float(timeout_per_test), infra_retries=int(infra_retries),
-                       max_probe_bytes=int(max_output_mb) << 20),
+                       max_probe_bytes=int(max_output_mb) << 20, strict_comparisons=bool(strict_comparisons)),
     )
     return SciCodeEnv(
         problems=selected, scorer=scorer, with_background=bool(with_background), given_code=given_step_code,

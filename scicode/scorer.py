@@ -47,6 +47,7 @@ class ScoringOptions:
     infra_retries: int = 2
     max_probe_bytes: int = 64 << 20
     retry_backoff: float = 1.0
+    strict_comparisons: bool = True
 
 
 @functools.lru_cache(maxsize=1024)
@@ -169,7 +170,7 @@ class StepScorer:
         try:
             return await asyncio.to_thread(
                 judge, plan_for(problem, step), program, result, lambda: self.targets.load(step),
-                max_probe_bytes=self.options.max_probe_bytes,
+                max_probe_bytes=self.options.max_probe_bytes, strict=self.options.strict_comparisons,
             )
         except TargetsError as e:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))

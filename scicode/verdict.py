@@ -91,8 +91,12 @@ def judge(
     targets: Callable[[], Sequence[Any]],
     *,
     max_probe_bytes: int,
+    strict: bool = True,
 ) -> StepVerdict:
     """The verdict of one step program run.
+
+    With `strict` (the default), an empty value never matches a non-empty target (see
+    `scicode.compare.strict`); without it, comparisons are exactly the official ones.
 
     `targets` is called only when a recorded site needs them, and returns one value per test case
     (as the official decoder gives them). It may raise TargetsError, which propagates.
@@ -110,7 +114,7 @@ def judge(
     ending = events.ending or {}
     if ending.get("ev") == "syntax_error":
         return verdict(FailureKind.SYNTAX_ERROR, _syntax_detail(ending, program))
-    failure = _Replay(plan, targets).run(events.stream)
+    failure = _Replay(plan, targets, strict=strict).run(events.stream)
     if failure is not None:
         return verdict(FailureKind.WRONG_ANSWER, failure)
     return _ending_verdict(plan, program, result, events, verdict)
@@ -122,6 +126,8 @@ def _ending_verdict(
     ending = events.ending or {}
     if result.timed_out:
         return verdict(FailureKind.TIMEOUT, f"the step did not finish within {result.seconds:.0f} s")
+    if result.killed_for:
+        return verdict(FailureKind.RUNTIME_ERROR, f"the program was killed: it exceeded the limit on {result.killed_for}")
     if ending.get("ev") == "exception":
         kind = FailureKind.MEMORY if ending.get("type") in ("MemoryError", "_ArrayMemoryError") else FailureKind.RUNTIME_ERROR
         where = program.section_of(ending.get("line"))
@@ -172,7 +178,7 @@ def derive_targets(plan: TestPlan, result: ExecResult, *, max_probe_bytes: int) 
     if result.timed_out or ending != "done":
         detail = (events.ending or {}).get("traceback") or (events.ending or {}).get("message") or result.stderr[-1000:]
         raise ValueError(f"the reference run of step {plan.step_id} did not complete ({ending}): {detail}")
-    pieces = _Replay(plan, lambda: []).collect_slots(events.stream)
+    pieces = _Replay(plan, lambda: [], strict=False).collect_slots(events.stream)
     targets: list[Any] = []
     for k, used in enumerate(plan.uses_target):
         found = pieces.get(k, {})
@@ -205,20 +211,26 @@ def _bound_names(statement: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=512)
-def _prelude_namespace(prelude: str) -> dict[str, Any]:
+def _prelude_namespace(prelude: str, strict: bool) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "scicode_trusted_replay"}
     exec(_compiled(prelude, "exec"), namespace)  # noqa: S102 - dataset code: imports and test helpers
+    if strict:
+        from scicode.compare.strict import make_strict
+
+        strict_ns = make_strict(namespace)
+        namespace.clear()
+        namespace.update(strict_ns)
     return namespace
 
 
 class _Replay:
     """Replays recorded sites on the trusted side; returns the first failure's description."""
 
-    def __init__(self, plan: TestPlan, targets: Callable[[], Sequence[Any]]) -> None:
+    def __init__(self, plan: TestPlan, targets: Callable[[], Sequence[Any]], *, strict: bool = True) -> None:
         self.plan = plan
         self._targets_fn = targets
         self._targets: Sequence[Any] | None = None
-        self.base = _prelude_namespace(plan.prelude)
+        self.base = _prelude_namespace(plan.prelude, strict)
         self.test_ns: dict[str, Any] = {}
         self.scope_ns: dict[int, dict[str, Any]] = {}
 

@@ -54,6 +54,8 @@ class ExecResult:
     """A file the program wrote reached the size limit."""
     isolation: str
     """What isolated the run, e.g. "bwrap", "unshare(pid+net)", "none"."""
+    killed_for: str | None = None
+    """A limit the program was killed for, other than time (e.g. "processes")."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class ExecutorOptions:
 
     memory_mb: int = 4096
     output_mb: int = 64
+    disk_mb: int = 1024
+    """Private scratch space of a sandbox (where the backend can bound it)."""
+    max_processes: int = 256
+    """Processes a program may run at once before it is killed."""
     concurrency: int = 0
     """Programs run at once; 0 means the number of CPU cores."""
     extra: dict[str, object] = field(default_factory=dict)

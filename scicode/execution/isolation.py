@@ -3,7 +3,7 @@
 | level   | what the step program cannot do |
 |---------|---------------------------------|
 | bwrap   | see anything but the OS, the interpreter and its libraries (no home, no project, no targets, no package data, no other processes); write outside a size-limited private tmpfs; reach any network; keep any capability; outlive its timeout |
-| unshare | reach any network (own network namespace); outlive its timeout (own PID namespace); it can still read and write what the user running the evaluation can |
+| unshare | reach any network (own network namespace); outlive its timeout (own PID namespace); read the targets, the cache, the package data or the usual credential files in the home directory (own mount namespace hiding them); regain capabilities. It can still read other files of the user running the evaluation and write to the host's disks |
 | none    | outlive its timeout only through process-group and subreaper kills; it can read the user's files and reach the network. A warning is logged once. |
 
 All levels also get: a scrubbed environment (no API keys or tokens), and per-program limits on
@@ -33,6 +33,9 @@ TMPFS_BYTES = 1 << 30
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 _SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
 _PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
+#: Where credentials usually live: hidden from programs at the `unshare` level.
+_HOME_SECRETS = (".prime", ".config", ".netrc", ".ssh", ".aws", ".docker", ".git-credentials", ".cache", ".pypirc",
+                 ".kube", ".gnupg", ".huggingface", ".bash_history", ".python_history")
 
 
 @dataclass(frozen=True)
@@ -44,11 +47,21 @@ class Level:
     namespaces: bool
     python: str
 
-    def command(self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str]) -> list[str]:
+    def command(self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str],
+                disk_bytes: int = TMPFS_BYTES) -> list[str]:
         """The command that starts a worker with this isolation."""
         if self.name != "bwrap":
             return [*argv, str(scratch)]
-        return [*_bwrap_args(self.python, payload=payload, hidden=hidden), "--", *argv, SANDBOX_SCRATCH]
+        args = _bwrap_args(self.python, payload=payload, hidden=hidden, disk_bytes=disk_bytes)
+        return [*args, "--", *argv, SANDBOX_SCRATCH]
+
+    def task_masks(self, hidden: Sequence[str]) -> list[str]:
+        """Paths each program's private mount namespace hides (the `unshare` level only)."""
+        if self.name != "unshare":
+            return []
+        home = Path.home()
+        paths = [*hidden, *(str(home / name) for name in _HOME_SECRETS), *_package_dirs(_python_paths(self.python))]
+        return sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
 
 
 def scrubbed_env(*, payload: Path) -> dict[str, str]:
@@ -150,8 +163,14 @@ def _python_paths(python: str) -> tuple[str, ...]:
     result = _run([python, "-c", code], env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if result is None or result.returncode != 0:
         raise ConfigError(f"cannot run the sandbox interpreter {python!r}: {result.stderr if result else 'failed'}")
-    paths = {os.path.realpath(p) for p in json.loads(result.stdout) if p and os.path.isdir(p)}
-    paths |= {p for p in json.loads(result.stdout) if p and os.path.isdir(p)}
+    info = json.loads(result.stdout)
+    prefixes, entries = info[:5], info[5:]
+    # Only the installation itself: sys.path entries outside it (an editable install's project
+    # directory, PYTHONPATH additions) could expose a checkout, a cache or the targets.
+    roots = {os.path.realpath(p) for p in prefixes if p and os.path.isdir(p)}
+    inside = [p for p in entries if p and os.path.isdir(p)
+              and any(os.path.realpath(p) == r or os.path.realpath(p).startswith(r + "/") for r in roots)]
+    paths = roots | {os.path.realpath(p) for p in inside} | {p for p in prefixes + inside if p and os.path.isdir(p)}
     return tuple(sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS)))
 
 
@@ -160,7 +179,7 @@ def _package_dirs(python_paths: Sequence[str]) -> list[str]:
     return [os.path.join(p, "scicode") for p in python_paths if os.path.isdir(os.path.join(p, "scicode", "data"))]
 
 
-def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str]) -> list[str]:
+def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES) -> list[str]:
     args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
     bound: list[str] = []
     for d in _SYSTEM_DIRS:
@@ -170,7 +189,7 @@ def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str]) -> list[st
             args += ["--ro-bind", d, d]
             bound.append(d)
     # The private /tmp first: interpreter or payload paths under /tmp are bound on top of it.
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", "/tmp"]
     for p in _python_paths(python):
         args += ["--ro-bind", p, p]
         bound.append(p)

@@ -49,6 +49,8 @@ class LocalOptions:
     concurrency: int
     memory_mb: int
     output_mb: int
+    disk_mb: int
+    max_processes: int
     hidden_paths: tuple[str, ...] = ()
     """Paths the sandbox must not see (targets files, caches), masked when the level allows."""
 
@@ -72,6 +74,8 @@ class LocalOptions:
             concurrency=max(1, int(concurrency)),
             memory_mb=int(options.memory_mb),
             output_mb=int(options.output_mb),
+            disk_mb=int(options.disk_mb),
+            max_processes=int(options.max_processes),
             hidden_paths=tuple(str(p) for p in extra.get("hidden_paths", ())),  # type: ignore[union-attr]
         )
 
@@ -120,6 +124,9 @@ class LocalExecutor:
         self._tasks.mkdir(mode=0o700)
         self._payload = write_payload(self._root / "payload")
         self._level = isolation.choose(self.options.isolation, python=self.options.python)
+        # Each program sees neither other programs' directories nor writable harness files.
+        self._masks = self._level.task_masks([*self.options.hidden_paths, str(self._tasks)])
+        self._read_only = [str(self._payload)] if self._masks else []
         self._idle: asyncio.Queue[_Worker | None] | None = None  # None: a slot to (re)spawn
         self._workers: list[_Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -185,6 +192,7 @@ class LocalExecutor:
             payload=self._payload,
             scratch=self._tasks,
             hidden=self.options.hidden_paths,
+            disk_bytes=self.options.disk_mb << 20,
         )
         log = open(self._root / "worker.log", "ab")  # noqa: SIM115 - owned by the child
         try:
@@ -254,6 +262,9 @@ class LocalExecutor:
             "env": self._env(),
             "namespaces": self._level.namespaces,
             "isolate_net": True,
+            "masks": self._masks,
+            "read_only": self._read_only,
+            "max_processes": self.options.max_processes,
         }
         try:
             reply = await worker.request(request, timeout=timeout + REPLY_GRACE)
@@ -283,6 +294,7 @@ class LocalExecutor:
             timed_out=bool(reply.get("timed_out")),
             output_exceeded=any(int(size) >= limit for size in sizes.values()),
             isolation=self._level.name + (f"({ns})" if ns and self._level.name != "bwrap" else ""),
+            killed_for=reply.get("killed_for"),
         )
 
 

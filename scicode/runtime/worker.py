@@ -36,7 +36,9 @@ PRELOAD = (
     "scicode.runtime.probe", "scicode.compare.cmp",
 )
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REMOUNT, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 32, 16384, 1 << 18
+POLL_SECONDS = 0.05
 TASK_EXIT_SETUP_FAILED = 97
 TAIL_BYTES = 16 * 1024
 
@@ -59,14 +61,14 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _new_namespaces(isolate_net: bool) -> str:
-    """Put this process's future children in a new PID (and network) namespace.
+def _new_namespaces(isolate_net: bool, mounts: bool = False) -> str:
+    """Put this process's future children in a new PID (and network, and mount) namespace.
 
     Tries an unprivileged user namespace first (mapping our uid to itself), then plain root
     namespaces. Returns what it got: "pid+net", "pid" or "" (no namespace).
     """
     uid, gid = os.getuid(), os.getgid()
-    net = CLONE_NEWNET if isolate_net else 0
+    net = (CLONE_NEWNET if isolate_net else 0) | (CLONE_NEWNS if mounts else 0)
     if _unshare(CLONE_NEWUSER | CLONE_NEWPID | net):
         try:
             _write_file("/proc/self/setgroups", "deny")
@@ -74,10 +76,45 @@ def _new_namespaces(isolate_net: bool) -> str:
             _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
         except OSError:
             pass
-        return "pid+net" if net else "pid"
+        return "pid+net" if isolate_net else "pid"
     if _unshare(CLONE_NEWPID | net):
-        return "pid+net" if net else "pid"
+        return "pid+net" if isolate_net else "pid"
     return ""
+
+
+def _mask(paths: list[str], read_only: list[str]) -> None:
+    """In a private mount namespace, hide each path (an empty read-only tmpfs over a directory,
+    /dev/null over a file) and make others read-only. Paths that do not exist are skipped."""
+    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        return
+    for path in read_only:
+        target = path.encode()
+        if os.path.exists(path) and _libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0:
+            _libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+    for path in paths:
+        target = path.encode()
+        if os.path.isdir(path):
+            _libc.mount(b"none", target, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k")
+        elif os.path.exists(path) and _libc.mount(b"/dev/null", target, None, MS_BIND, None) == 0:
+            _libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def _drop_capabilities() -> None:
+    """No capability left, none to regain: the program cannot undo the mounts or the limits."""
+    _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    for cap in range(64):
+        _prctl(PR_CAPBSET_DROP, cap)
+    header = _CapHeader(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+    data = (_CapData * 2)()
+    _libc.capset(ctypes.byref(header), data)
 
 
 def _set_limits(req: dict[str, Any]) -> None:
@@ -100,9 +137,12 @@ def _task_main(req: dict[str, Any], mode: str) -> None:
     """In the task process: limits, files, then run the program. Never returns."""
     os.setsid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.chdir(req["dir"])  # before masking: the task directory stays reachable through the cwd
+    if req.get("masks") or req.get("read_only"):
+        _mask(req.get("masks") or [], req.get("read_only") or [])
+    _drop_capabilities()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
-    os.chdir(req["dir"])
     null = os.open(os.devnull, os.O_RDONLY)
     out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -140,7 +180,7 @@ def _task_main(req: dict[str, Any], mode: str) -> None:
 def _intermediate(req: dict[str, Any], mode: str, report_fd: int) -> None:
     """Between worker and task: enter new namespaces, fork the task, report its pid, wait."""
     try:
-        ns = _new_namespaces(req.get("isolate_net", True)) if req.get("namespaces", True) else ""
+        ns = _new_namespaces(req.get("isolate_net", True), bool(req.get("masks"))) if req.get("namespaces", True) else ""
         pid = os.fork()
         if pid == 0:
             try:
@@ -152,6 +192,47 @@ def _intermediate(req: dict[str, Any], mode: str, report_fd: int) -> None:
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
     except BaseException:  # noqa: BLE001
         os._exit(TASK_EXIT_SETUP_FAILED)
+
+
+def _watch(pidfd: int, task: int | None, intermediate: int, deadline: float, max_processes: int) -> str | None:
+    """Wait for the task; "timeout" or "processes" when it must be killed, else None."""
+    namespace = _pid_namespace(task) if task else None
+    if namespace == _pid_namespace(os.getpid()):
+        namespace = None  # no namespace of its own: count its descendants instead
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return "timeout"
+        if select.select([pidfd], [], [], min(remaining, POLL_SECONDS))[0]:
+            return None
+        if max_processes and _count_processes(namespace, intermediate) > max_processes:
+            return "processes"
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return None
+
+
+def _count_processes(namespace: str | None, root: int) -> int:
+    """Processes of a task: those in its PID namespace, else the descendants of `root`."""
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    if namespace is not None:
+        return sum(1 for p in pids if _pid_namespace(p) == namespace)
+    parents: dict[int, int] = {}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                parents[p] = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    family, changed = {root}, True
+    while changed:
+        grown = family | {p for p, parent in parents.items() if parent in family}
+        changed, family = grown != family, grown
+    return len(family) - 1
 
 
 def _kill_descendants() -> None:
@@ -248,8 +329,9 @@ def _run_in(req: dict[str, Any], mode: str) -> dict[str, Any]:
     if line:
         info = json.loads(line)
     pidfd = os.pidfd_open(pid)
-    timed_out = not select.select([pidfd], [], [], max(0.0, deadline - time.monotonic()))[0]
-    if timed_out:
+    killed_for = _watch(pidfd, info.get("pid"), pid, deadline, int(req.get("max_processes", 0)))
+    timed_out = killed_for == "timeout"
+    if killed_for:
         for victim in (info.get("pid"), pid):
             if victim:
                 try:
@@ -261,7 +343,8 @@ def _run_in(req: dict[str, Any], mode: str) -> dict[str, Any]:
     seconds = time.monotonic() - start
     _kill_descendants()
     code = os.waitstatus_to_exitcode(status)
-    reply: dict[str, Any] = {"id": req["id"], "timed_out": timed_out, "seconds": seconds, "ns": info.get("ns", "")}
+    reply: dict[str, Any] = {"id": req["id"], "timed_out": timed_out, "seconds": seconds, "ns": info.get("ns", ""),
+                             "killed_for": killed_for if killed_for != "timeout" else None}
     if code == TASK_EXIT_SETUP_FAILED or not info:
         reply["setup_failed"] = True
     elif code >= 128 or code < 0:
