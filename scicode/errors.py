@@ -32,8 +32,14 @@ class UnsupportedTestError(SciCodeError):
 
 
 class SandboxUnavailable(SciCodeError):
-    """The sandbox failed to run a program: not the program's fault.
+    """The sandbox failed to run a program: not the program's fault, as far as we can tell.
 
     Raised by executors for a backend that is down, a worker that died, a remote API error.
-    Callers retry it and, if it persists, record the step as `sandbox_error`.
+    Callers retry it and, if it persists, record the step as `sandbox_error`. `during_program`
+    marks a sandbox that died while the program ran: if that happens on every attempt, the program
+    is taken to have killed it (a failure of the program, not of the infrastructure).
     """
+
+    def __init__(self, message: str, *, during_program: bool = False) -> None:
+        super().__init__(message)
+        self.during_program = during_program

@@ -141,14 +141,17 @@ class StepScorer:
         """Run a program, retrying sandbox failures with backoff.
 
         Raises:
-            SandboxUnavailable: it still failed after `infra_retries` retries.
+            SandboxUnavailable: it still failed after `infra_retries` retries; `during_program`
+                is set only if the sandbox died during the program on every attempt.
         """
+        suspect = True
         for attempt in range(self.options.infra_retries + 1):
             try:
                 return await self.executor.run(program, timeout=self.options.timeout)
             except SandboxUnavailable as e:
+                suspect = suspect and e.during_program
                 if attempt == self.options.infra_retries:
-                    raise
+                    raise SandboxUnavailable(str(e), during_program=suspect and attempt > 0) from e
                 logger.warning("sandbox failure on step %s (attempt %d): %s", program.step_id, attempt + 1, e)
                 await asyncio.sleep(self.options.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")
@@ -166,6 +169,9 @@ class StepScorer:
         try:
             result = await self.run_program(program)
         except SandboxUnavailable as e:
+            if e.during_program:  # died under this program on every attempt: the program did it
+                return no_run_verdict(step.step_id, FailureKind.RUNTIME_ERROR,
+                                      f"the sandbox died every time this program ran ({e}); it killed its sandbox")
             return no_run_verdict(step.step_id, FailureKind.SANDBOX_ERROR, str(e))
         try:
             return await asyncio.to_thread(

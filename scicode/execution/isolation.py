@@ -3,7 +3,7 @@
 | level   | what the step program cannot do |
 |---------|---------------------------------|
 | bwrap   | see anything but the OS, the interpreter and its libraries (no home, no project, no targets, no package data, no other processes); write outside a size-limited private tmpfs; reach any network; keep any capability; outlive its timeout |
-| unshare | reach any network (own network namespace); outlive its timeout (own PID namespace); read the targets, the cache, the package data or the usual credential files in the home directory (own mount namespace hiding them); regain capabilities. It can still read other files of the user running the evaluation and write to the host's disks |
+| unshare | reach any network (own network namespace); outlive its timeout (the worker is PID 1 of its own PID namespace); read the targets, the cache, the package data, other workers' programs or the usual credential files in the home directory (own mount namespace hiding them); change the harness (read-only); regain capabilities. It can still read other files of the user running the evaluation and write to the host's disks |
 | none    | outlive its timeout only through process-group and subreaper kills; it can read the user's files and reach the network. A warning is logged once. |
 
 All levels also get: a scrubbed environment (no API keys or tokens), and per-program limits on
@@ -49,16 +49,19 @@ class Level:
 
     def command(self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str],
                 disk_bytes: int = TMPFS_BYTES) -> list[str]:
-        """The command that starts a worker with this isolation."""
-        if self.name != "bwrap":
-            return [*argv, str(scratch)]
-        args = _bwrap_args(self.python, payload=payload, hidden=hidden, disk_bytes=disk_bytes)
-        return [*args, "--", *argv, SANDBOX_SCRATCH]
+        """The command that starts a worker (`argv` + scratch dir + config) with this isolation."""
+        if self.name == "bwrap":
+            args = _bwrap_args(self.python, payload=payload, hidden=hidden, disk_bytes=disk_bytes)
+            return [*args, "--", *argv, SANDBOX_SCRATCH]
+        if self.name == "unshare":
+            config = {"namespaces": True, "masks": self._masks([*hidden, str(scratch)]), "read_only": [str(payload)]}
+            return [*argv, str(scratch), json.dumps(config)]
+        return [*argv, str(scratch)]
 
-    def task_masks(self, hidden: Sequence[str]) -> list[str]:
-        """Paths each program's private mount namespace hides (the `unshare` level only)."""
-        if self.name != "unshare":
-            return []
+    def _masks(self, hidden: Sequence[str]) -> list[str]:
+        """What the worker's mount namespace hides at the `unshare` level: targets, caches, the
+        usual credential files, installed package data, and (by hiding the scratch root and
+        keeping only the worker's own directory reachable) other workers' programs."""
         home = Path.home()
         paths = [*hidden, *(str(home / name) for name in _HOME_SECRETS), *_package_dirs(_python_paths(self.python))]
         return sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
@@ -122,7 +125,9 @@ def probe(python: str) -> dict[str, Level]:
     """Which levels work with this interpreter (run once per process)."""
     levels = {"none": Level("none", "rlimits, new session, subreaper kill; no namespaces", False, python)}
     if _namespaces_work(python):
-        levels["unshare"] = Level("unshare", "per-program user, PID and network namespaces", True, python)
+        levels["unshare"] = Level(
+            "unshare", "user, mount, network and PID namespaces per worker; secrets and other workers hidden", True, python,
+        )
     if shutil.which("bwrap") and _bwrap_works(python):
         levels["bwrap"] = Level(
             "bwrap", "bubblewrap: minimal read-only filesystem, private tmpfs, no network, no capabilities, "
@@ -141,11 +146,12 @@ def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Co
 def _namespaces_work(python: str) -> bool:
     code = (
         "import os,sys\n"
-        "from scicode.runtime.worker import _new_namespaces\n"
-        "ns = _new_namespaces(True)\n"
-        "if not ns: sys.exit(3)\n"
+        "from scicode.runtime.worker import new_namespaces, apply_masks\n"
+        "if not new_namespaces(): sys.exit(3)\n"
         "pid = os.fork()\n"
-        "if pid == 0: os._exit(0 if os.getpid() == 1 else 4)\n"
+        "if pid == 0:\n"
+        "    apply_masks([], [])\n"
+        "    os._exit(0 if os.getpid() == 1 and os.listdir('/proc') else 4)\n"
         "_, st = os.waitpid(pid, 0); sys.exit(os.waitstatus_to_exitcode(st))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
@@ -180,7 +186,9 @@ def _package_dirs(python_paths: Sequence[str]) -> list[str]:
 
 
 def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES) -> list[str]:
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    # --as-pid-1: the worker itself is PID 1 (the reaper of every orphan, unkillable from inside).
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1",
+            "--cap-drop", "ALL"]
     bound: list[str] = []
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):

@@ -124,9 +124,6 @@ class LocalExecutor:
         self._tasks.mkdir(mode=0o700)
         self._payload = write_payload(self._root / "payload")
         self._level = isolation.choose(self.options.isolation, python=self.options.python)
-        # Each program sees neither other programs' directories nor writable harness files.
-        self._masks = self._level.task_masks([*self.options.hidden_paths, str(self._tasks)])
-        self._read_only = [str(self._payload)] if self._masks else []
         self._idle: asyncio.Queue[_Worker | None] | None = None  # None: a slot to (re)spawn
         self._workers: list[_Worker] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -260,10 +257,6 @@ class LocalExecutor:
             "memory_bytes": self.options.memory_mb << 20,
             "output_bytes": self.options.output_mb << 20,
             "env": self._env(),
-            "namespaces": self._level.namespaces,
-            "isolate_net": True,
-            "masks": self._masks,
-            "read_only": self._read_only,
             "max_processes": self.options.max_processes,
         }
         try:
@@ -271,7 +264,8 @@ class LocalExecutor:
         except (asyncio.TimeoutError, OSError, ValueError, SandboxUnavailable) as e:
             worker.kill()
             await worker.proc.wait()
-            raise SandboxUnavailable(f"sandbox worker failed: {type(e).__name__}: {e}") from e
+            raise SandboxUnavailable(f"sandbox worker died while running the program: {type(e).__name__}: {e}",
+                                     during_program=True) from e
         if reply.get("setup_failed"):
             raise SandboxUnavailable(f"the sandbox could not start the program: {reply.get('error', 'setup failed')}")
         return reply
@@ -283,7 +277,6 @@ class LocalExecutor:
             probe = base64.b64decode(reply.get("probe") or "", validate=True)
         except (binascii.Error, ValueError) as e:
             raise SandboxUnavailable(f"sandbox worker sent a malformed reply: {e}") from e
-        ns = reply.get("ns") or ""
         return ExecResult(
             returncode=reply.get("returncode"),
             signal=reply.get("signal"),
@@ -293,7 +286,7 @@ class LocalExecutor:
             seconds=float(reply.get("seconds", 0.0)),
             timed_out=bool(reply.get("timed_out")),
             output_exceeded=any(int(size) >= limit for size in sizes.values()),
-            isolation=self._level.name + (f"({ns})" if ns and self._level.name != "bwrap" else ""),
+            isolation=self._level.name,
             killed_for=reply.get("killed_for"),
         )
 

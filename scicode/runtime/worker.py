@@ -4,15 +4,20 @@ Protocol: one JSON request per line on stdin, one JSON reply per line on the ori
 A request carries the program's source; the worker writes it to a fresh task directory under its
 scratch root (a size-limited tmpfs under bubblewrap), the child writes `stdout.txt`, `stderr.txt`
 and `probe.bin` there, and the reply carries the probe bytes and the tails of the output files
-back, so the sandbox never needs a directory the host can see. The worker enforces the wall-clock timeout itself and kills
-every descendant of a task, however it detached: each task runs as PID 1 of its own PID namespace
-when the kernel allows it (so killing it takes the whole namespace down), and the worker is a
-child subreaper that kills whatever is left either way.
+back, so the sandbox never needs a directory the host can see.
 
-Modes: `warm` imports the scientific stack once and forks a child per task (tens of ms);
-`fresh` starts a new interpreter per task, exactly like `python program.py`.
+Isolation is set up once per worker, not per program: under bubblewrap the worker is PID 1 of
+the sandbox; with `--namespaces` it creates its own user, mount, network and PID namespaces (and
+hides the given paths) and continues as PID 1 of them. Either way every process a program starts
+stays a descendant of the worker (PID 1, or a child subreaper at level `none`), which enforces the
+wall-clock timeout and the process limit and kills every descendant after each program. A program
+cannot signal PID 1 from inside its namespace, and it runs without capabilities.
 
-Usage: python -m scicode.runtime.worker {warm|fresh} SCRATCH_DIR
+Modes: `warm` imports the scientific stack once and forks one child per program (milliseconds);
+`fresh` starts a new interpreter per program, exactly like `python program.py`.
+
+Usage: python -m scicode.runtime.worker {warm|fresh} SCRATCH_DIR [CONFIG_JSON]
+CONFIG_JSON: {"namespaces": bool, "masks": [paths to hide], "read_only": [paths]}
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ PRELOAD = (
 )
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_BIND, MS_REMOUNT, MS_REC, MS_PRIVATE = 1, 2, 4, 4096, 32, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_BIND, MS_REMOUNT, MS_REC, MS_PRIVATE = 4096, 32, 16384, 1 << 18
 POLL_SECONDS = 0.05
 TASK_EXIT_SETUP_FAILED = 97
 TAIL_BYTES = 16 * 1024
@@ -49,10 +55,6 @@ def _prctl(option: int, value: int) -> None:
     _libc.prctl(option, value, 0, 0, 0)
 
 
-def _unshare(flags: int) -> bool:
-    return _libc.unshare(flags) == 0
-
-
 def _write_file(path: str, text: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:
@@ -61,42 +63,65 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
-def _new_namespaces(isolate_net: bool, mounts: bool = False) -> str:
-    """Put this process's future children in a new PID (and network, and mount) namespace.
+# ---------------------------------------------------------------------------------------------
+# Worker-level isolation (once)
+# ---------------------------------------------------------------------------------------------
 
-    Tries an unprivileged user namespace first (mapping our uid to itself), then plain root
-    namespaces. Returns what it got: "pid+net", "pid" or "" (no namespace).
+
+def new_namespaces() -> bool:
+    """Unshare user (when unprivileged namespaces work), mount, network and PID namespaces.
+
+    The caller's next child becomes PID 1 of the new PID namespace. Returns False when the kernel
+    refuses.
     """
     uid, gid = os.getuid(), os.getgid()
-    net = (CLONE_NEWNET if isolate_net else 0) | (CLONE_NEWNS if mounts else 0)
-    if _unshare(CLONE_NEWUSER | CLONE_NEWPID | net):
+    rest = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    if _libc.unshare(CLONE_NEWUSER | rest) == 0:
         try:
             _write_file("/proc/self/setgroups", "deny")
             _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
             _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
         except OSError:
             pass
-        return "pid+net" if isolate_net else "pid"
-    if _unshare(CLONE_NEWPID | net):
-        return "pid+net" if isolate_net else "pid"
-    return ""
+        return True
+    return _libc.unshare(rest) == 0
 
 
-def _mask(paths: list[str], read_only: list[str]) -> None:
-    """In a private mount namespace, hide each path (an empty read-only tmpfs over a directory,
-    /dev/null over a file) and make others read-only. Paths that do not exist are skipped."""
-    if _libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        return
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> bool:
+    enc = (lambda s: s.encode() if s is not None else None)  # noqa: E731
+    return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
+
+
+def apply_masks(masks: list[str], read_only: list[str]) -> None:
+    """In this (private) mount namespace: a fresh /proc, the given paths hidden (an empty
+    read-only tmpfs over a directory, /dev/null over a file) or made read-only."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for path in read_only:
-        target = path.encode()
-        if os.path.exists(path) and _libc.mount(target, target, None, MS_BIND | MS_REC, None) == 0:
-            _libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
-    for path in paths:
-        target = path.encode()
+        if os.path.exists(path) and _mount(path, path, None, MS_BIND | MS_REC):
+            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    for path in masks:
         if os.path.isdir(path):
-            _libc.mount(b"none", target, b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, b"size=4k")
-        elif os.path.exists(path) and _libc.mount(b"/dev/null", target, None, MS_BIND, None) == 0:
-            _libc.mount(None, target, None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
+            _mount("none", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+        elif os.path.exists(path) and _mount("/dev/null", path, None, MS_BIND):
+            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+
+
+def _become_namespace_init(config: dict[str, Any]) -> None:
+    """Enter new namespaces and continue as their PID 1; the original process only waits."""
+    if not new_namespaces():
+        raise SystemExit("scicode worker: the kernel refused new namespaces")
+    pid = os.fork()
+    if pid:
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    apply_masks(config.get("masks") or [], config.get("read_only") or [])
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-program setup (in the child)
+# ---------------------------------------------------------------------------------------------
 
 
 class _CapHeader(ctypes.Structure):
@@ -108,7 +133,7 @@ class _CapData(ctypes.Structure):
 
 
 def _drop_capabilities() -> None:
-    """No capability left, none to regain: the program cannot undo the mounts or the limits."""
+    """No capability left, none to regain: the program cannot undo mounts or limits."""
     _prctl(PR_SET_NO_NEW_PRIVS, 1)
     for cap in range(64):
         _prctl(PR_CAPBSET_DROP, cap)
@@ -133,24 +158,26 @@ def _set_limits(req: dict[str, Any]) -> None:
             pass
 
 
-def _task_main(req: dict[str, Any], mode: str) -> None:
-    """In the task process: limits, files, then run the program. Never returns."""
+def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
+    """In the program's process: session, files, limits, no capabilities, then run. Never returns.
+
+    Just before exiting it writes its exit status to `status_fd`, so the worker can collect the
+    results without waiting for the kernel to tear down this (large, forked) address space.
+    """
     os.setsid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.chdir(req["dir"])  # before masking: the task directory stays reachable through the cwd
-    if req.get("masks") or req.get("read_only"):
-        _mask(req.get("masks") or [], req.get("read_only") or [])
-    _drop_capabilities()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
+    os.chdir(req["dir"])
     null = os.open(os.devnull, os.O_RDONLY)
     out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     probe = os.open("probe.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-    for src, dst in ((null, 0), (out, 1), (err, 2), (probe, 3)):
+    for src, dst in ((null, 0), (out, 1), (err, 2), (probe, 3), (status_fd, 4)):
         os.dup2(src, dst)
-    os.closerange(4, 65536)
+    os.closerange(5, 65536)
     os.set_inheritable(3, True)
+    _drop_capabilities()
     _set_limits(req)
     env = dict(req["env"], HOME=req["dir"], PWD=req["dir"])
     if mode == "fresh":
@@ -158,7 +185,10 @@ def _task_main(req: dict[str, Any], mode: str) -> None:
         os.execve(sys.executable, [sys.executable, "-m", "scicode.runtime.probe"], env)
     os.environ.clear()
     os.environ.update(env)
+    import atexit
     import io
+
+    atexit._clear()  # the worker's own exit handlers are not the program's
 
     from scicode.runtime.probe import PROGRAM_NAME, run_program
 
@@ -167,99 +197,54 @@ def _task_main(req: dict[str, Any], mode: str) -> None:
     sys.argv = [PROGRAM_NAME]
     code = run_program(PROGRAM_NAME, 3)
     try:
-        import atexit
-
         atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:  # noqa: BLE001, S110 - the exit status is already decided
         pass
-    os._exit(code if isinstance(code, int) and 0 <= code < 256 else 1)
-
-
-def _intermediate(req: dict[str, Any], mode: str, report_fd: int) -> None:
-    """Between worker and task: enter new namespaces, fork the task, report its pid, wait."""
+    code = code if isinstance(code, int) and 0 <= code < 256 else 1
     try:
-        ns = _new_namespaces(req.get("isolate_net", True), bool(req.get("masks"))) if req.get("namespaces", True) else ""
-        pid = os.fork()
-        if pid == 0:
-            try:
-                _task_main(req, mode)
-            finally:
-                os._exit(TASK_EXIT_SETUP_FAILED)
-        os.write(report_fd, json.dumps({"pid": pid, "ns": ns}).encode() + b"\n")
-        _, status = os.waitpid(pid, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-    except BaseException:  # noqa: BLE001
-        os._exit(TASK_EXIT_SETUP_FAILED)
-
-
-def _watch(pidfd: int, task: int | None, intermediate: int, deadline: float, max_processes: int) -> str | None:
-    """Wait for the task; "timeout" or "processes" when it must be killed, else None."""
-    namespace = _pid_namespace(task) if task else None
-    if namespace == _pid_namespace(os.getpid()):
-        namespace = None  # no namespace of its own: count its descendants instead
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return "timeout"
-        if select.select([pidfd], [], [], min(remaining, POLL_SECONDS))[0]:
-            return None
-        if max_processes and _count_processes(namespace, intermediate) > max_processes:
-            return "processes"
-
-
-def _pid_namespace(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
+        os.write(4, bytes([code]))
     except OSError:
-        return None
+        pass
+    os._exit(code)
 
 
-def _count_processes(namespace: str | None, root: int) -> int:
-    """Processes of a task: those in its PID namespace, else the descendants of `root`."""
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    if namespace is not None:
-        return sum(1 for p in pids if _pid_namespace(p) == namespace)
+# ---------------------------------------------------------------------------------------------
+# Running one program (in the worker)
+# ---------------------------------------------------------------------------------------------
+
+
+def _descendants(exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+    """Every live process below this worker (children, theirs, adopted orphans), but `exclude`."""
+    me = os.getpid()
     parents: dict[int, int] = {}
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat", "rb") as f:
-                parents[p] = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
             continue
-    family, changed = {root}, True
-    while changed:
-        grown = family | {p for p, parent in parents.items() if parent in family}
-        changed, family = grown != family, grown
-    return len(family) - 1
-
-
-def _kill_descendants() -> None:
-    """SIGKILL every remaining child of this (subreaper) worker, until none is left."""
-    for _ in range(100):
-        children = _children()
-        if not children:
-            return
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _reap()
-        time.sleep(0.001)
-
-
-def _children() -> list[int]:
-    pids: list[int] = []
-    task_dir = f"/proc/{os.getpid()}/task"
-    for tid in os.listdir(task_dir):
         try:
-            with open(f"{task_dir}/{tid}/children") as f:
-                pids += [int(p) for p in f.read().split()]
-        except OSError:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in (b"Z", b"X"):
+            parents[int(entry)] = int(fields[1])
+    family: set[int] = {me}
+    grown = True
+    while grown:
+        new = {p for p, parent in parents.items() if parent in family and p not in exclude} - family
+        family |= new
+        grown = bool(new)
+    family.discard(me)
+    return sorted(family)
+
+
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-    return pids
 
 
 def _reap() -> None:
@@ -272,7 +257,109 @@ def _reap() -> None:
             return
 
 
-def run_task(req: dict[str, Any], mode: str, scratch: str) -> dict[str, Any]:
+class Runner:
+    """Runs programs one at a time, each in a child forked ahead of time (the "spare")."""
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.spare: tuple[int, int, int] | None = None  # pid, request pipe, status pipe
+        self.previous: int | None = None
+
+    def prepare(self) -> None:
+        """Fork the next program's process now, while nothing waits for it."""
+        if self.spare is not None:
+            return
+        req_r, req_w = os.pipe()
+        status_r, status_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the worker, even while waiting
+            os.close(req_w)
+            os.close(status_r)
+            try:
+                with os.fdopen(req_r, "rb") as f:
+                    line = f.readline()
+                if line:
+                    _task_main(json.loads(line), self.mode, status_w)
+            finally:
+                os._exit(TASK_EXIT_SETUP_FAILED)
+        os.close(req_r)
+        os.close(status_w)
+        self.spare = (pid, req_w, status_r)
+
+    def _clean(self) -> None:
+        """Before a program: nothing left of the previous one (reaped, every descendant killed)."""
+        keep = {self.spare[0]} if self.spare else set()
+        for _ in range(200):
+            _reap()
+            leftover = _descendants(keep)
+            if not leftover:
+                return
+            _kill_all(leftover)
+            time.sleep(0.001)
+
+    def run(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run one program (its directory exists) under the timeout and the process limit."""
+        self._clean()
+        self.prepare()
+        assert self.spare is not None
+        pid, req_w, status_r = self.spare
+        self.spare = None
+        start = time.monotonic()
+        with os.fdopen(req_w, "wb") as f:
+            f.write(json.dumps(req).encode() + b"\n")
+        pidfd = os.pidfd_open(pid)
+        spare: set[int] = set()  # the next spare is forked after the reply, off the critical path
+        try:
+            killed_for, status = self._watch(pidfd, status_r, start + float(req["timeout"]),
+                                             int(req.get("max_processes", 0)), spare)
+        finally:
+            os.close(pidfd)
+            os.close(status_r)
+        if killed_for:
+            for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+                try:
+                    kill()
+                except (ProcessLookupError, PermissionError):
+                    pass
+        # Whatever the program left running dies before its outputs are read.
+        _kill_all(_descendants({pid} | spare))
+        if status is None:
+            _, wait_status = os.waitpid(pid, 0)
+            code = os.waitstatus_to_exitcode(wait_status)
+        else:
+            code = status  # reaped before the next program: its address space is torn down meanwhile
+        seconds = time.monotonic() - start
+        reply: dict[str, Any] = {"id": req["id"], "timed_out": killed_for == "timeout", "seconds": seconds,
+                                 "killed_for": killed_for if killed_for != "timeout" else None}
+        if code == TASK_EXIT_SETUP_FAILED:
+            reply["setup_failed"] = True
+        elif code < 0:
+            reply["signal"] = -code
+        else:
+            reply["returncode"] = code
+        return reply
+
+    def _watch(self, pidfd: int, status_r: int, deadline: float, max_processes: int,
+               spare: set[int]) -> tuple[str | None, int | None]:
+        """(kill reason, exit status reported by the program) once it ends or must be killed."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout", None
+            ready = select.select([pidfd, status_r], [], [], min(remaining, POLL_SECONDS))[0]
+            if status_r in ready:
+                data = os.read(status_r, 1)
+                if data:
+                    return None, data[0]
+                ready = [pidfd]  # the pipe closed without a status: wait for the exit itself
+            if pidfd in ready:
+                return None, None
+            if max_processes and len(_descendants(spare)) > max_processes:
+                return "processes", None
+
+
+def run_task(runner: Runner, req: dict[str, Any], scratch: str) -> dict[str, Any]:
     """Run one program in a fresh task directory; the reply dict."""
     task_dir = os.path.join(scratch, f"task-{req['id']}")
     shutil.rmtree(task_dir, ignore_errors=True)
@@ -280,7 +367,7 @@ def run_task(req: dict[str, Any], mode: str, scratch: str) -> dict[str, Any]:
     try:
         with open(os.path.join(task_dir, "program.py"), "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(req["source"])
-        reply = _run_in(dict(req, dir=task_dir), mode)
+        reply = runner.run(dict(req, dir=task_dir))
         reply.update(_collect(task_dir, int(req["output_bytes"])))
         return reply
     finally:
@@ -288,7 +375,7 @@ def run_task(req: dict[str, Any], mode: str, scratch: str) -> dict[str, Any]:
 
 
 def _collect(task_dir: str, limit: int) -> dict[str, Any]:
-    """Outputs of a finished task: probe bytes (base64), output tails, file sizes."""
+    """Outputs of a finished program: probe bytes (base64), output tails, file sizes."""
     out: dict[str, Any] = {"sizes": {}}
     for name in ("stdout.txt", "stderr.txt", "probe.bin"):
         path = os.path.join(task_dir, name)
@@ -297,69 +384,32 @@ def _collect(task_dir: str, limit: int) -> dict[str, Any]:
         except OSError:
             size = 0
         out["sizes"][name] = size
+        data = b""
+        if size and (name != "probe.bin" or size < limit):
+            with open(path, "rb") as f:
+                if name != "probe.bin":
+                    f.seek(max(0, size - TAIL_BYTES))
+                data = f.read(limit)
         if name == "probe.bin":
-            data = b""
-            if 0 < size < limit:
-                with open(path, "rb") as f:
-                    data = f.read(limit)
             out["probe"] = base64.b64encode(data).decode()
         else:
-            data = b""
-            if size:
-                with open(path, "rb") as f:
-                    f.seek(max(0, size - TAIL_BYTES))
-                    data = f.read()
             out[name.split(".")[0]] = data.decode("utf-8", errors="replace")
     return out
 
 
-def _run_in(req: dict[str, Any], mode: str) -> dict[str, Any]:
-    """Fork the intermediate for one task and wait for it, with the timeout."""
-    start = time.monotonic()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(read_fd)
-        _intermediate(req, mode, write_fd)
-    os.close(write_fd)
-    deadline = start + float(req["timeout"])
-    info: dict[str, Any] = {}
-    with os.fdopen(read_fd, "rb") as pipe:
-        line = pipe.readline()
-    if line:
-        info = json.loads(line)
-    pidfd = os.pidfd_open(pid)
-    killed_for = _watch(pidfd, info.get("pid"), pid, deadline, int(req.get("max_processes", 0)))
-    timed_out = killed_for == "timeout"
-    if killed_for:
-        for victim in (info.get("pid"), pid):
-            if victim:
-                try:
-                    os.kill(victim, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-    _, status, usage = os.wait4(pid, 0)
-    os.close(pidfd)
-    seconds = time.monotonic() - start
-    _kill_descendants()
-    code = os.waitstatus_to_exitcode(status)
-    reply: dict[str, Any] = {"id": req["id"], "timed_out": timed_out, "seconds": seconds, "ns": info.get("ns", ""),
-                             "killed_for": killed_for if killed_for != "timeout" else None}
-    if code == TASK_EXIT_SETUP_FAILED or not info:
-        reply["setup_failed"] = True
-    elif code >= 128 or code < 0:
-        reply["signal"] = code - 128 if code >= 128 else -code
-    else:
-        reply["returncode"] = code
-    return reply
-
-
 def main() -> None:
-    """Serve requests until stdin closes."""
+    """Set up isolation, preload, then serve requests until stdin closes."""
     mode = sys.argv[1] if len(sys.argv) > 1 else "warm"
-    # Workers may share a scratch root (levels without a private tmpfs): each gets its own directory.
-    scratch = os.path.join(sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks", f"worker-{os.getpid()}")
-    os.makedirs(scratch, mode=0o700, exist_ok=True)
+    config = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+    # Workers may share a scratch root (levels without a private tmpfs): each works in its own
+    # directory, entered before the root is masked, and reached only through its cwd afterwards.
+    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"
+    own = os.path.join(root, f"worker-{os.getpid()}-{time.time_ns()}")
+    os.makedirs(own, mode=0o700, exist_ok=True)
+    os.chdir(own)
+    if config.get("namespaces"):
+        _become_namespace_init(config)
+    scratch = "."
     reply_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing the worker imports may write into the protocol channel
@@ -374,6 +424,11 @@ def main() -> None:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001, S112 - a missing optional module only costs time later
                 continue
+    import gc
+
+    gc.freeze()  # fewer copy-on-write faults in forked children
+    runner = Runner(mode)
+    runner.prepare()
     replies = os.fdopen(reply_fd, "w", buffering=1)
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode}) + "\n")
     for line in sys.stdin:
@@ -381,10 +436,11 @@ def main() -> None:
             continue
         req = json.loads(line)
         try:
-            reply = run_task(req, mode, scratch)
+            reply = run_task(runner, req, scratch)
         except Exception as e:  # noqa: BLE001 - reported as an infrastructure failure
             reply = {"id": req.get("id"), "setup_failed": True, "error": f"{type(e).__name__}: {e}"}
         replies.write(json.dumps(reply) + "\n")
+        runner.prepare()  # the next program's process, forked while the host reads this reply
 
 
 if __name__ == "__main__":

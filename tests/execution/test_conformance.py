@@ -20,7 +20,7 @@ from scicode.execution.isolation import probe
 LEVELS = [name for name in ("bwrap", "unshare", "none") if name in probe(os.environ.get("SCICODE_SANDBOX_PYTHON") or __import__("sys").executable)]
 CONFIGS = [(level, mode) for level in LEVELS for mode in ("warm", "fresh")]
 #: Known gaps, documented in the README's isolation table: the weakest level has no namespaces.
-KNOWN_FAILURES = {("none", "network"), ("none", "grandchild_survives")}
+KNOWN_FAILURES = {("none", "network")}
 
 
 @pytest.fixture(scope="module", params=CONFIGS, ids=[f"{l}-{m}" for l, m in CONFIGS])

@@ -1,0 +1,91 @@
+"""Infrastructure failures are retried and reported, never scored silently as the model's failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from scicode.env import load_environment
+from scicode.errors import SandboxUnavailable
+from scicode.execution import ExecutorOptions, make_executor
+from scicode.policies import GoldPolicy
+from scicode.scorer import ScoringOptions, StepScorer
+from scicode.verdict import FailureKind
+from tests.conftest import gold_codes
+
+
+class FlakyExecutor:
+    """Implements the Executor protocol: fails `failures` times, then delegates to a real one."""
+
+    name = "flaky"
+
+    def __init__(self, inner, failures: int) -> None:
+        self.inner, self.failures, self.calls = inner, failures, 0
+
+    async def run(self, program, *, timeout):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise SandboxUnavailable("the fake backend is down")
+        return await self.inner.run(program, timeout=timeout)
+
+    async def aclose(self) -> None:
+        pass
+
+    def describe(self):
+        return {"sandbox": self.name}
+
+
+async def test_a_transient_failure_is_retried(executor, scorer, validation) -> None:
+    flaky = FlakyExecutor(executor, failures=1)
+    s = StepScorer(flaky, scorer.targets, ScoringOptions(infra_retries=2, retry_backoff=0.01))
+    v = await s.score(validation["1"], 0, gold_codes(validation["1"], 0))
+    assert v.passed and flaky.calls == 2
+
+
+async def test_a_persistent_failure_is_a_sandbox_error(executor, scorer, validation) -> None:
+    flaky = FlakyExecutor(executor, failures=10)
+    s = StepScorer(flaky, scorer.targets, ScoringOptions(infra_retries=2, retry_backoff=0.01))
+    v = await s.score(validation["1"], 0, gold_codes(validation["1"], 0))
+    assert v.kind is FailureKind.SANDBOX_ERROR and v.kind.is_infrastructure and flaky.calls == 3
+
+
+async def test_the_rollout_is_flagged_not_silently_scored(executor, validation) -> None:
+    import verifiers as vf
+
+    env = load_environment(split="validation", problems=["1"], dataset_source="bundled", infra_retries=0)
+    env.scorer.executor = FlakyExecutor(executor, failures=10)
+    out = await env.evaluate(client=GoldPolicy([validation["1"]]), model="gold", state_columns=["scicode"])
+    (row,) = out["outputs"]
+    assert row["metrics"]["sandbox_error"] == 1.0 and row["scicode"]["steps"][0]["kind"] == "sandbox_error"
+    assert row["error"] is not None and "could not be judged" in str(row["error"])
+    assert issubclass(vf.SandboxError, vf.InfraError)
+
+
+async def test_a_program_that_kills_its_sandbox_is_failed_not_excused(scorer, validation) -> None:
+    """At level `none` a program can kill its worker; it happens on every retry, so it is the
+    program's failure (runtime_error), not an infrastructure error that a trainer would mask."""
+    ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": "none"}))
+    s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=1, retry_backoff=0.01))
+    codes = gold_codes(validation["1"], 0)
+    codes[0] = "__import__('os').kill(__import__('os').getppid(), 9)\n" + codes[0]
+    try:
+        v = await s.score(validation["1"], 0, codes)
+    finally:
+        await ex.aclose()
+    assert v.kind is FailureKind.RUNTIME_ERROR and "killed its sandbox" in v.detail
+
+
+@pytest.mark.parametrize("level", ["bwrap", "unshare"])
+async def test_the_worker_cannot_be_killed_from_inside(scorer, validation, level) -> None:
+    from scicode.execution.isolation import probe
+
+    if level not in probe(__import__("sys").executable):
+        pytest.skip(f"{level} is not available here")
+    ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": level}))
+    s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=0))
+    codes = gold_codes(validation["1"], 0)
+    codes[0] = "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n" + codes[0]
+    try:
+        v = await s.score(validation["1"], 0, codes)
+    finally:
+        await ex.aclose()
+    assert v.passed, v
