@@ -60,17 +60,22 @@ async def test_the_rollout_is_flagged_not_silently_scored(executor, validation) 
     assert issubclass(vf.SandboxError, vf.InfraError)
 
 
+async def _score_at(level: str, prefix: str, scorer, validation, retries: int):
+    """Gold code of step 1.1 with `prefix` in front, judged by a fresh executor at `level`."""
+    ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": level}))
+    s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=retries, retry_backoff=0.01))
+    codes = gold_codes(validation["1"], 0)
+    codes[0] = prefix + codes[0]
+    try:
+        return await s.score(validation["1"], 0, codes)
+    finally:
+        await ex.aclose()
+
+
 async def test_a_program_that_kills_its_sandbox_is_failed_not_excused(scorer, validation) -> None:
     """At level `none` a program can kill its worker; it happens on every retry, so it is the
     program's failure (runtime_error), not an infrastructure error that a trainer would mask."""
-    ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": "none"}))
-    s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=1, retry_backoff=0.01))
-    codes = gold_codes(validation["1"], 0)
-    codes[0] = "__import__('os').kill(__import__('os').getppid(), 9)\n" + codes[0]
-    try:
-        v = await s.score(validation["1"], 0, codes)
-    finally:
-        await ex.aclose()
+    v = await _score_at("none", "__import__('os').kill(__import__('os').getppid(), 9)\n", scorer, validation, 1)
     assert v.kind is FailureKind.RUNTIME_ERROR and "killed its sandbox" in v.detail
 
 
@@ -80,12 +85,6 @@ async def test_the_worker_cannot_be_killed_from_inside(scorer, validation, level
 
     if level not in probe(__import__("sys").executable):
         pytest.skip(f"{level} is not available here")
-    ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": level}))
-    s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=0))
-    codes = gold_codes(validation["1"], 0)
-    codes[0] = "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n" + codes[0]
-    try:
-        v = await s.score(validation["1"], 0, codes)
-    finally:
-        await ex.aclose()
+    prefix = "import os, signal\nfor pid in (1, os.getppid()):\n    try:\n        os.kill(pid, 9)\n    except OSError:\n        pass\n"
+    v = await _score_at(level, prefix, scorer, validation, 0)
     assert v.passed, v
