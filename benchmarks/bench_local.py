@@ -33,12 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scicode.dataset import load_problems  # noqa: E402
-from scicode.env import load_environment  # noqa: E402
-from scicode.execution import StepProgram  # noqa: E402
-from scicode.policies import GoldPolicy  # noqa: E402
-from scicode.scorer import program_for  # noqa: E402
-from tests.fakes import official_harness  # noqa: E402
+from scicode.dataset import load_problems
+from scicode.env import load_environment
+from scicode.execution import StepProgram
+from scicode.policies import GoldPolicy
+from scicode.scorer import program_for
+from tests.fakes import official_harness
 
 HEAVY = {"51.4", "47.4", "10.11", "49.4"}
 
@@ -79,8 +79,15 @@ def own_compute(programs: dict[str, StepProgram]) -> dict[str, float]:
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg")
     payload = [{"step_id": sid, "source": p.source} for sid, p in programs.items()]
     with tempfile.TemporaryDirectory() as tmp:
-        proc = subprocess.run([sys.executable, "-c", WARM_TIMER], input=json.dumps(payload), capture_output=True,
-                              text=True, cwd=tmp, env=env, check=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", WARM_TIMER],
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            cwd=tmp,
+            env=env,
+            check=True,
+        )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -94,8 +101,12 @@ class SomeGold(GoldPolicy):
 
     def __init__(self, problems: list, steps: set[str]) -> None:
         super().__init__(problems)
-        self.stubs = {f"{s.function_header}\n\n{s.return_line}" for p in problems for s in p.scored_steps
-                      if s.step_id not in steps}
+        self.stubs = {
+            f"{s.function_header}\n\n{s.return_line}"
+            for p in problems
+            for s in p.scored_steps
+            if s.step_id not in steps
+        }
 
     def reply(self, prompt_text: str) -> str:
         asked = prompt_text.split("NEXT STEP - PROBLEM", 1)[-1].split("DEPENDENCIES:", 1)[0]
@@ -126,7 +137,9 @@ def official_way(problems: list, steps: set[str], workers: int, root: Path) -> t
         for i, s in enumerate(p.steps):
             if s.step_id in steps:
                 codes = [x.gold_code or "" for x in p.steps[: i + 1]]
-                jobs.append((s.step_id, official_harness.program(s.step_id, p.dependencies, codes[:i], codes[i], s.test_cases)))
+                jobs.append(
+                    (s.step_id, official_harness.program(s.step_id, p.dependencies, codes[:i], codes[i], s.test_cases))
+                )
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         results = list(pool.map(lambda job: official_harness.run(root, job[0], job[1]), jobs))
@@ -164,22 +177,31 @@ async def main() -> None:
     await _derive_all(env.scorer, [(p, s) for p in problems for s in p.scored_steps])
     await env.scorer.executor.aclose()
     derived = env.scorer.targets.derived
-    root = official_harness.make_root(Path(tempfile.mkdtemp(prefix="scicode-bench-")),
-                                      [derived.path(s) for s in sorted(scored)])
+    root = official_harness.make_root(
+        Path(tempfile.mkdtemp(prefix="scicode-bench-")), [derived.path(s) for s in sorted(scored)]
+    )
 
     compute = own_compute({s: programs[s] for s in sorted(scored)})
     quick = {s for s in scored if compute[s] < 0.5}
-    subsets = {"all 50 scored steps": scored, f"{len(light)} light steps": light,
-               f"{len(quick)} start-up-dominated steps (own compute < 0.5 s)": quick}
+    subsets = {
+        "all 50 scored steps": scored,
+        f"{len(light)} light steps": light,
+        f"{len(quick)} start-up-dominated steps (own compute < 0.5 s)": quick,
+    }
     results: dict[str, object] = {"workers": w, "python": sys.version.split()[0]}
     for name, steps in subsets.items():
         ours, ours_passed = await ours_end_to_end(problems, steps, w)
         official, official_passed = official_way(problems, steps, w, root)
         flo = floor(compute, sorted(steps), w)
         results[name] = {
-            "ours_wall_s": ours, "steps_per_s": len(steps) / ours, "compute_floor_s": flo, "ours_over_floor": ours / flo,
-            "official_wall_s": official, "official_over_ours": official / ours,
-            "passed_ours": ours_passed, "passed_official": official_passed,
+            "ours_wall_s": ours,
+            "steps_per_s": len(steps) / ours,
+            "compute_floor_s": flo,
+            "ours_over_floor": ours / flo,
+            "official_wall_s": official,
+            "official_over_ours": official / ours,
+            "passed_ours": ours_passed,
+            "passed_official": official_passed,
         }
     results["light_steps_own_compute_s"] = sum(compute[s] for s in light)
     ov = await overhead(args.repeat_overhead, w)
@@ -192,13 +214,21 @@ async def main() -> None:
     for name in subsets:
         r = results[name]
         print(f"\n{name}:")
-        print(f"  ours (end to end, warm pool): {r['ours_wall_s']:7.1f} s  ({r['steps_per_s']:.2f} steps/s, "
-              f"{r['passed_ours']} passed)")
-        print(f"  compute floor:                {r['compute_floor_s']:7.1f} s  -> ours / floor = {r['ours_over_floor']:.2f}")
-        print(f"  official way (fresh python):  {r['official_wall_s']:7.1f} s  ({r['passed_official']} passed) "
-              f"-> {r['official_over_ours']:.1f}x slower than ours")
-    print(f"\nper-program overhead (empty program): median {results['overhead_ms']['median']:.1f} ms, "
-          f"p95 {results['overhead_ms']['p95']:.1f} ms")
+        print(
+            f"  ours (end to end, warm pool): {r['ours_wall_s']:7.1f} s  ({r['steps_per_s']:.2f} steps/s, "
+            f"{r['passed_ours']} passed)"
+        )
+        print(
+            f"  compute floor:                {r['compute_floor_s']:7.1f} s  -> ours / floor = {r['ours_over_floor']:.2f}"
+        )
+        print(
+            f"  official way (fresh python):  {r['official_wall_s']:7.1f} s  ({r['passed_official']} passed) "
+            f"-> {r['official_over_ours']:.1f}x slower than ours"
+        )
+    print(
+        f"\nper-program overhead (empty program): median {results['overhead_ms']['median']:.1f} ms, "
+        f"p95 {results['overhead_ms']['p95']:.1f} ms"
+    )
     print(f"peak memory of the environment process: {results['peak_rss_mb']:.0f} MB")
     print("slowest steps' own compute: " + ", ".join(f"{k} {v:.1f} s" for k, v in results["slowest_steps_s"].items()))
     print(f"light steps' own compute, summed: {results['light_steps_own_compute_s']:.1f} s")

@@ -18,7 +18,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +30,33 @@ logger = logging.getLogger("scicode")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scicode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scicode", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"scicode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="evaluate a reference policy and print scores")
-    run.add_argument("--policy", default="gold", choices=["gold", "dummy"], help="gold code or empty answers (default: gold)")
+    run.add_argument(
+        "--policy", default="gold", choices=["gold", "dummy"], help="gold code or empty answers (default: gold)"
+    )
     run.add_argument("--split", default="validation", choices=["validation", "test", "all"], help="default: validation")
     run.add_argument("--problems", nargs="*", default=None, help="only these problem ids")
     run.add_argument("--rollouts", type=int, default=1, help="rollouts per problem (pass@k needs more than one)")
     run.add_argument("--max-concurrent", type=int, default=-1, help="rollouts at once (default: all)")
-    run.add_argument("--env-args", "-a", default="{}", help="more env args as JSON, e.g. '{\"sandbox\": \"local\"}'")
-    run.add_argument("--output", "-o", default="scicode-runs", help="directory for the results file (default: ./scicode-runs)")
+    run.add_argument("--env-args", "-a", default="{}", help='more env args as JSON, e.g. \'{"sandbox": "local"}\'')
+    run.add_argument(
+        "--output", "-o", default="scicode-runs", help="directory for the results file (default: ./scicode-runs)"
+    )
     run.add_argument("--quiet", "-q", action="store_true", help="no per-problem lines")
 
     check = sub.add_parser("check", help="self-test: the gold policy on the validation split, and step runnability")
     check.add_argument("--env-args", "-a", default="{}", help="env args as JSON (e.g. the sandbox to check)")
 
     report = sub.add_parser("report", help="print the paper-style table of saved results")
-    report.add_argument("results", type=Path, help="scicode run's results.json, vf-eval's results.jsonl, or a directory")
+    report.add_argument(
+        "results", type=Path, help="scicode run's results.json, vf-eval's results.jsonl, or a directory"
+    )
 
     targets = sub.add_parser("targets", help="fetch, build or compare targets")
     tsub = targets.add_subparsers(dest="action", required=True)
@@ -90,13 +98,19 @@ async def _run(args: argparse.Namespace) -> int:
     env = load_environment(**env_args)
     policy = make_policy(args.policy, list(env.problems.values()))
     executor = env.scorer.executor
-    print(f"scicode {__version__}: policy={args.policy} split={env_args['split']} problems={len(env.problems)} "
-          f"sandbox={executor.name}", flush=True)
+    print(
+        f"scicode {__version__}: policy={args.policy} split={env_args['split']} problems={len(env.problems)} "
+        f"sandbox={executor.name}",
+        flush=True,
+    )
     start = time.monotonic()
     try:
         out = await env.evaluate(
-            client=policy, model=policy.name, rollouts_per_example=args.rollouts,
-            max_concurrent=args.max_concurrent, state_columns=["scicode"],
+            client=policy,
+            model=policy.name,
+            rollouts_per_example=args.rollouts,
+            max_concurrent=args.max_concurrent,
+            state_columns=["scicode"],
         )
     finally:
         described = executor.describe()
@@ -126,14 +140,22 @@ def _record(output: dict[str, Any]) -> RolloutRecord:
 
 def _problem_line(r: RolloutRecord) -> str:
     failures = ", ".join(f"{s['step_id']}:{s['kind']}" for s in r.steps if not s["passed"])
-    return f"  problem {r.problem_id:>3} ({r.split}): {r.passed}/{len(r.steps)} steps" + (f"  [{failures}]" if failures else "")
+    return f"  problem {r.problem_id:>3} ({r.split}): {r.passed}/{len(r.steps)} steps" + (
+        f"  [{failures}]" if failures else ""
+    )
 
 
-def _save(args: argparse.Namespace, env_args: dict[str, Any], executor: dict[str, Any],
-          records: list[RolloutRecord], out: dict[str, Any], wall: float) -> Path:
+def _save(
+    args: argparse.Namespace,
+    env_args: dict[str, Any],
+    executor: dict[str, Any],
+    records: list[RolloutRecord],
+    out: dict[str, Any],
+    wall: float,
+) -> Path:
     from scicode.verdict import VERDICT_VERSION
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     directory = Path(args.output) / f"{stamp}-{args.policy}-{env_args['split']}"
     directory.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -145,8 +167,13 @@ def _save(args: argparse.Namespace, env_args: dict[str, Any], executor: dict[str
         "executor": executor,
         "wall_seconds": wall,
         "rollouts": [
-            {"problem_id": r.problem_id, "split": r.split, "reward": o.get("reward"), "error": _jsonable(o.get("error")),
-             "steps": list(r.steps)}
+            {
+                "problem_id": r.problem_id,
+                "split": r.split,
+                "reward": o.get("reward"),
+                "error": _jsonable(o.get("error")),
+                "steps": list(r.steps),
+            }
             for r, o in zip(records, out["outputs"], strict=True)
         ],
     }
@@ -179,7 +206,9 @@ async def _check(args: argparse.Namespace) -> int:
     print(f"scicode check: sandbox={executor.name}", flush=True)
     try:
         unrunnable = await check_runnable(load_problems(split="all", source="bundled"), executor)
-        out = await env.evaluate(client=GoldPolicy(list(env.problems.values())), model="gold", state_columns=["scicode"])
+        out = await env.evaluate(
+            client=GoldPolicy(list(env.problems.values())), model="gold", state_columns=["scicode"]
+        )
         described = executor.describe()
     finally:
         await executor.aclose()
@@ -187,8 +216,10 @@ async def _check(args: argparse.Namespace) -> int:
     unexpected = [s for s in steps if not s["passed"] and s["step_id"] not in KNOWN_DEFECTS]
     print(f"isolation: {described.get('isolation', '-')} ({described.get('isolation_notes', '')})")
     print(f"runnable steps: {338 - len(unrunnable)}/338" + "".join(f"\n  {u.step_id}: {u.reason}" for u in unrunnable))
-    print(f"gold on validation: {sum(s['passed'] for s in steps)}/{len(steps)} steps pass "
-          f"(expected failures: {', '.join(sorted(KNOWN_DEFECTS))})")
+    print(
+        f"gold on validation: {sum(s['passed'] for s in steps)}/{len(steps)} steps pass "
+        f"(expected failures: {', '.join(sorted(KNOWN_DEFECTS))})"
+    )
     for s in unexpected:
         print(f"  UNEXPECTED {s['step_id']}: {s['kind']}: {s['detail'][:300]}")
     ok = not unrunnable and not unexpected and len(steps) == 50

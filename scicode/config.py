@@ -1,7 +1,8 @@
 """The environment manifest (`environment.toml`): defaults, choices and descriptions of every env arg.
 
-The manifest ships inside the wheel as `scicode/environment.toml`; in a source checkout it is the
-repository's top-level `environment.toml`. Nothing else in the package spells a default.
+The manifest lives in the package (`scicode/environment.toml`, so the wheel and `prime env push`,
+which uploads only subdirectories and root-level Python files, both carry it); the repository's
+top-level `environment.toml` is a symlink to it. Nothing else in the package spells a default.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 
 def manifest_path() -> Path:
     """The manifest in use: the wheel's copy, else the source checkout's."""
-    for candidate in (_PACKAGE_DIR / "environment.toml", _PACKAGE_DIR.parent / "environment.toml"):
-        if candidate.is_file():
-            return candidate
+    candidate = _PACKAGE_DIR / "environment.toml"
+    if candidate.is_file():
+        return candidate
     raise ConfigError(
         "environment.toml not found next to the scicode package; reinstall the package "
         "(`pip install --force-reinstall scicode`)."
@@ -90,9 +91,15 @@ def update_readme(path: Path) -> None:
 
     text = path.read_text(encoding="utf-8")
     for name, table in (("args-table", args_table()), ("metrics-table", metrics_table())):
+
+        def replace(m: re.Match[str], t: str = table) -> str:
+            return m.group(1) + t + m.group(2)
+
         text = re.sub(
-            rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)", lambda m, t=table: m.group(1) + t + m.group(2),
-            text, flags=re.S,
+            rf"(<!-- {name}:start -->\n).*?(\n<!-- {name}:end -->)",
+            replace,
+            text,
+            flags=re.S,
         )
     path.write_text(text, encoding="utf-8")
 

@@ -82,9 +82,7 @@ class Problem:
         raise KeyError(f"problem {self.problem_id} has no step {step_id}")
 
 
-def load_problems(
-    *, split: str = "all", problems: Sequence[str] = (), source: str = "auto"
-) -> list[Problem]:
+def load_problems(*, split: str = "all", problems: Sequence[str] = (), source: str = "auto") -> list[Problem]:
     """The problems of a split, in the official file order (validation first for `all`).
 
     Raises:
@@ -100,9 +98,7 @@ def load_problems(
     by_id = {p.problem_id: p for p in loaded}
     missing = [pid for pid in map(str, problems) if pid not in by_id]
     if missing:
-        raise ConfigError(
-            f"problems {missing} are not in split {split!r}; its ids are {sorted(by_id, key=_id_key)}."
-        )
+        raise ConfigError(f"problems {missing} are not in split {split!r}; its ids are {sorted(by_id, key=_id_key)}.")
     return [by_id[str(pid)] for pid in problems]
 
 
@@ -152,7 +148,7 @@ def _rows_from_hub(split: str, *, required: bool) -> list[dict[str, Any]] | None
         manifest = config.manifest()["dataset"]
         ds = datasets.load_dataset(manifest["hf_id"], split=split, revision=manifest["hf_revision"])
         return [dict(row) for row in ds]
-    except Exception as e:  # noqa: BLE001 - any hub failure means "use the bundled copy"
+    except Exception as e:
         if required:
             raise DatasetError(
                 f"could not load {config.manifest()['dataset']['hf_id']} from Hugging Face ({e}); "

@@ -8,6 +8,7 @@ Set `SCICODE_TARGETS_URL` to use a mirror.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -40,8 +41,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def fetch(dest: Path, *, url: str | None = None, sha256: str | None = None, size: int | None = None,
-          progress: bool = True, timeout: float = 30.0) -> Path:
+def fetch(
+    dest: Path,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    size: int | None = None,
+    progress: bool = True,
+    timeout: float = 30.0,
+) -> Path:
     """Download `url` to `dest`, resuming and verifying.
 
     Raises:
@@ -66,7 +74,9 @@ def fetch(dest: Path, *, url: str | None = None, sha256: str | None = None, size
     digest = sha256_of(part)
     if digest != sha256:
         part.unlink(missing_ok=True)
-        raise TargetsError(f"downloaded file has sha256 {digest}, expected {sha256}; it was deleted. Is {url} the right file?")
+        raise TargetsError(
+            f"downloaded file has sha256 {digest}, expected {sha256}; it was deleted. Is {url} the right file?"
+        )
     part.replace(dest)
     _mark_verified(dest, digest)
     return dest
@@ -76,7 +86,7 @@ def _download(url: str, part: Path, *, size: int | None, progress: bool, timeout
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have == size:
         return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})  # noqa: S310
     with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - https or a configured mirror
         if have and response.status != 206:
             have = 0  # the server ignored the range: start over
@@ -121,8 +131,6 @@ def verified_digest(path: Path) -> str:
         if len(parts) == 3 and parts[1:] == [str(stat.st_size), str(stat.st_mtime_ns)]:
             return parts[0]
     digest = sha256_of(path)
-    try:
+    with contextlib.suppress(OSError):
         _mark_verified(path, digest)
-    except OSError:
-        pass
     return digest

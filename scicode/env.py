@@ -67,8 +67,12 @@ class SciCodeEnv(vf.MultiTurnEnv):
         parser = SciCodeParser()
         dataset = Dataset.from_list([self._row(p) for p in problems])
         super().__init__(
-            dataset=dataset, eval_dataset=dataset, parser=parser, rubric=SciCodeRubric(parser=parser),
-            max_turns=-1, **kwargs,
+            dataset=dataset,
+            eval_dataset=dataset,
+            parser=parser,
+            rubric=SciCodeRubric(parser=parser),
+            max_turns=-1,
+            **kwargs,
         )
 
     # -- prompts -------------------------------------------------------------------------------
@@ -97,6 +101,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
     # -- turn loop -----------------------------------------------------------------------------
 
     async def setup_state(self, state: vf.State) -> vf.State:
+        """Start a rollout at the problem's first scored step."""
         problem = self.problems[str(state["info"]["problem_id"])]
         state[STATE_KEY] = {
             "problem_id": problem.problem_id,
@@ -131,6 +136,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
         return self._prompt(self._problem(state), sc["cursor"], sc["codes"])
 
     async def get_prompt_messages(self, state: vf.State) -> vf.Messages:
+        """The dataset prompt on the first turn, then one fresh message per step (no history)."""
         if not state["trajectory"]:
             return state["prompt"]
         return await self.env_response([], state)
@@ -196,9 +202,13 @@ def _text(messages: Any) -> str:
     for m in messages if isinstance(messages, list) else [messages]:
         if _role(m) == "assistant" or isinstance(m, str):
             content = m if isinstance(m, str) else (m.get("content") if isinstance(m, dict) else m.content)
-            parts.append(content if isinstance(content, str) else "".join(
-                (p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "")) for p in content or []
-            ))
+            parts.append(
+                content
+                if isinstance(content, str)
+                else "".join(
+                    (p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "")) for p in content or []
+                )
+            )
     return "\n".join(parts)
 
 
@@ -237,30 +247,52 @@ def load_environment(
         ConfigError: an argument has a wrong value.
         TargetsError: the chosen split needs the official targets file and it is not available.
     """
-    for name, value in (("given_step_code", given_step_code), ("sandbox", sandbox), ("worker_mode", worker_mode),
-                        ("isolation", isolation)):
+    for name, value in (
+        ("given_step_code", given_step_code),
+        ("sandbox", sandbox),
+        ("worker_mode", worker_mode),
+        ("isolation", isolation),
+    ):
         config.check_choice(name, value)
     if timeout_per_test <= 0 or memory_limit_mb <= 0 or max_output_mb <= 0 or infra_retries < 0:
         raise ConfigError("timeout_per_test, memory_limit_mb and max_output_mb must be positive, infra_retries >= 0")
     selected = load_problems(split=split, problems=tuple(problems or ()), source=dataset_source)
     targets, hidden = resolve_targets(h5py_file, selected)
     options = ExecutorOptions(
-        memory_mb=int(memory_limit_mb), output_mb=int(max_output_mb), concurrency=int(max_concurrent_steps),
-        disk_mb=int(max_disk_mb), max_processes=int(max_processes),
+        memory_mb=int(memory_limit_mb),
+        output_mb=int(max_output_mb),
+        concurrency=int(max_concurrent_steps),
+        disk_mb=int(max_disk_mb),
+        max_processes=int(max_processes),
         extra={
-            "isolation": isolation, "worker_mode": worker_mode, "python": sandbox_python, "hidden_paths": hidden,
-            "image": sandbox_docker_image, "name": sandbox_name, "cpu_cores": sandbox_cpu_cores,
-            "memory_gb": sandbox_memory_gb, "disk_gb": sandbox_disk_gb, "labels": tuple(sandbox_labels),
+            "isolation": isolation,
+            "worker_mode": worker_mode,
+            "python": sandbox_python,
+            "hidden_paths": hidden,
+            "image": sandbox_docker_image,
+            "name": sandbox_name,
+            "cpu_cores": sandbox_cpu_cores,
+            "memory_gb": sandbox_memory_gb,
+            "disk_gb": sandbox_disk_gb,
+            "labels": tuple(sandbox_labels),
             "timeout": float(timeout_per_test),
         },
     )
     scorer = StepScorer(
         make_executor(sandbox, options),
         targets,
-        ScoringOptions(timeout=float(timeout_per_test), infra_retries=int(infra_retries),
-                       max_probe_bytes=int(max_output_mb) << 20, strict_comparisons=bool(strict_comparisons)),
+        ScoringOptions(
+            timeout=float(timeout_per_test),
+            infra_retries=int(infra_retries),
+            max_probe_bytes=int(max_output_mb) << 20,
+            strict_comparisons=bool(strict_comparisons),
+        ),
     )
     return SciCodeEnv(
-        problems=selected, scorer=scorer, with_background=bool(with_background), given_code=given_step_code,
-        system_prompt=system_prompt, **kwargs,
+        problems=selected,
+        scorer=scorer,
+        with_background=bool(with_background),
+        given_code=given_step_code,
+        system_prompt=system_prompt,
+        **kwargs,
     )

@@ -1,11 +1,11 @@
-"""Code extraction from a reply: the official rule (`scicode.gen.models.extract_python_script`).
+r"""Code extraction from a reply: the official rule (`scicode.gen.models.extract_python_script`).
 
 Rule, in order:
 1. If the reply contains a ``` fence: when it contains "```python", the code is the text after
    the first "```python" up to the next ``` (or the end of the reply); otherwise it is the text
    between the first ``` and the next one.
 2. With no fence at all, the whole reply is the code.
-3. Every line matching `^\\s*(import .*|from .*\\s+import\\s+.*)` is deleted (indented imports
+3. Every line matching `^\s*(import .*|from .*\s+import\s+.*)` is deleted (indented imports
    inside functions too): the problem's dependencies are provided, and re-imports are not allowed.
 
 Nothing is validated here: a reply of prose with no fence becomes "code" that fails to compile
@@ -26,10 +26,7 @@ def extract_code(reply: str | None) -> str:
     """The code of a reply, by the official rule (may be empty)."""
     text = reply or ""
     if "```" in text:
-        if "```python" in text:
-            text = text.split("```python", 1)[1].split("```", 1)[0]
-        else:
-            text = text.split("```", 2)[1]
+        text = text.split("```python", 1)[1].split("```", 1)[0] if "```python" in text else text.split("```", 2)[1]
     return _IMPORT_LINE.sub("", text)
 
 

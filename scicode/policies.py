@@ -39,24 +39,31 @@ class ReferencePolicy(Client):
         raise NotImplementedError
 
     def setup_client(self, config: Any) -> None:
+        """No client to set up."""
         return None
 
     async def to_native_tool(self, tool: Any) -> Any:
+        """Tools are not used."""
         return tool
 
     async def to_native_prompt(self, messages: Any) -> tuple[str, dict]:
+        """The last user message is the whole prompt."""
         texts = [_content(m) for m in messages if _role(m) == "user"]
         return (texts[-1] if texts else ""), {}
 
-    async def get_native_response(self, prompt: str, model: str, sampling_args: Any, tools: Any = None,
-                                  **kwargs: Any) -> str:
+    async def get_native_response(
+        self, prompt: str, model: str, sampling_args: Any, tools: Any = None, **kwargs: Any
+    ) -> str:
+        """The policy's reply to the prompt."""
         self.calls += 1
         return self.reply(prompt)
 
     async def raise_from_native_response(self, response: str) -> None:
+        """A reference reply is always valid."""
         return None
 
     async def from_native_response(self, response: str) -> Response:
+        """The reply as a verifiers Response."""
         return Response(
             id=f"{self.name}-{uuid.uuid4().hex[:12]}",
             created=int(time.time()),
@@ -66,6 +73,7 @@ class ReferencePolicy(Client):
         )
 
     async def close(self) -> None:
+        """Nothing to close."""
         return None
 
 
@@ -85,6 +93,7 @@ class GoldPolicy(ReferencePolicy):
                 self._answers.append((f"{step.function_header}\n\n{step.return_line}", step.gold_code))
 
     def reply(self, prompt_text: str) -> str:
+        """The gold code of the step the prompt asks for."""
         asked = prompt_text.split(_NEXT_STEP_MARKER, 1)[-1].split(_DEPENDENCIES_MARKER, 1)[0]
         for stub, code in self._answers:
             if stub in asked:
@@ -99,6 +108,7 @@ class DummyPolicy(ReferencePolicy):
         super().__init__("dummy")
 
     def reply(self, prompt_text: str) -> str:
+        """An empty code block."""
         return "I cannot solve this step.\n```python\n```"
 
 

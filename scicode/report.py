@@ -36,14 +36,17 @@ class RolloutRecord:
 
     @property
     def passed(self) -> int:
+        """Steps that pass."""
         return self.counts[0] if self.counts else sum(bool(s["passed"]) for s in self.steps)
 
     @property
     def total(self) -> int:
+        """Scored steps."""
         return self.counts[1] if self.counts else len(self.steps)
 
     @property
     def solved(self) -> bool:
+        """True when every scored step passes."""
         return self.total > 0 and self.passed == self.total
 
 
@@ -63,10 +66,12 @@ class Summary:
 
     @property
     def resolve_rate(self) -> float:
+        """Main problems solved / problems."""
         return self.problems_solved / self.problems if self.problems else 0.0
 
     @property
     def micro(self) -> float:
+        """Steps passed / steps scored (the paper's subproblem rate)."""
         return self.steps_passed / self.steps if self.steps else 0.0
 
 
@@ -95,8 +100,13 @@ def summarize(records: Iterable[RolloutRecord]) -> Summary:
             kinds.update(str(s["kind"]) for s in r.steps)
     n = len(by_problem)
     return Summary(
-        problems=n, problems_solved=problems_solved, steps=steps, steps_passed=steps_passed,
-        macro=macro / n if n else 0.0, rollouts=rollouts, kinds=dict(kinds),
+        problems=n,
+        problems_solved=problems_solved,
+        steps=steps,
+        steps_passed=steps_passed,
+        macro=macro / n if n else 0.0,
+        rollouts=rollouts,
+        kinds=dict(kinds),
         pass_at_k=_pass_at_k(by_problem),
     )
 
@@ -113,7 +123,8 @@ def _pass_at_k(by_problem: Mapping[str, Sequence[RolloutRecord]]) -> dict[str, f
         if all(r.steps for runs in by_problem.values() for r in runs):
             step_scores = [
                 pass_at_k(n, sum(bool(r.steps[i]["passed"]) for r in runs[:n]), k)
-                for runs in by_problem.values() for i in range(len(runs[0].steps))
+                for runs in by_problem.values()
+                for i in range(len(runs[0].steps))
             ]
             out[f"subproblem@{k}"] = sum(step_scores) / len(step_scores)
     return out
@@ -141,7 +152,7 @@ def format_summary(summaries: Mapping[str, Summary]) -> str:
     for name, s in summaries.items():
         if s.pass_at_k:
             lines.append(f"{name} pass@k: " + ", ".join(f"{k}={100 * v:.1f}%" for k, v in s.pass_at_k.items()))
-    kinds = Counter()
+    kinds: Counter[str] = Counter()
     for s in summaries.values():
         if "all" in summaries and s is not summaries["all"]:
             continue
@@ -152,8 +163,10 @@ def format_summary(summaries: Mapping[str, Summary]) -> str:
 
 
 def load_run(path: Path) -> list[RolloutRecord]:
-    """Rollout records from saved results: `scicode run`'s results.json, or vf-eval's results.jsonl
-    (per-step records when saved with `-C scicode`, else the step counts from the metrics).
+    """Rollout records from saved results.
+
+    Reads `scicode run`'s results.json, or vf-eval's results.jsonl (per-step records when saved
+    with `-C scicode`, else the step counts from the metrics).
 
     Raises:
         FileNotFoundError: no results file at or under `path`.

@@ -32,9 +32,18 @@ class SciCodeRubric(vf.Rubric):
         self.add_reward_func(self.subproblem_score, weight=1.0)
         self.add_reward_func(self.main_problem_score, weight=0.0)
         for metric in (
-            self.steps_passed, self.steps_total, self.seconds_executing, self.no_code, self.syntax_error,
-            self.runtime_error, self.timeout, self.memory, self.output_limit, self.wrong_answer,
-            self.sandbox_error, self.targets_error,
+            self.steps_passed,
+            self.steps_total,
+            self.seconds_executing,
+            self.no_code,
+            self.syntax_error,
+            self.runtime_error,
+            self.timeout,
+            self.memory,
+            self.output_limit,
+            self.wrong_answer,
+            self.sandbox_error,
+            self.targets_error,
         ):
             self.add_metric(metric)
 

@@ -48,8 +48,9 @@ def stub_codes(problem: Problem, upto: int, *, given_code: str = "full") -> list
     return [given_step_code(s, mode=given_code) if s.given else stub_answer(s) for s in problem.steps[: upto + 1]]
 
 
-async def check_runnable(problems: Sequence[Problem], executor: Executor, *, timeout: float = 60,
-                         given_code: str = "full") -> list[Unrunnable]:
+async def check_runnable(
+    problems: Sequence[Problem], executor: Executor, *, timeout: float = 60, given_code: str = "full"
+) -> list[Unrunnable]:
     """Every scored step that cannot be passed whatever the answer."""
 
     async def one(problem: Problem, index: int) -> Unrunnable | None:
@@ -57,7 +58,9 @@ async def check_runnable(problems: Sequence[Problem], executor: Executor, *, tim
         codes = stub_codes(problem, index, given_code=given_code)
         result = await executor.run(program_for(problem, index, codes), timeout=timeout)
         frames = FrameReader(result.probe, max_bytes=1 << 30).frames()
-        ending = next((h for h, _ in reversed(frames) if h.get("ev") in ("syntax_error", "exception", "exit", "done")), {})
+        ending = next(
+            (h for h, _ in reversed(frames) if h.get("ev") in ("syntax_error", "exception", "exit", "done")), {}
+        )
         if ending.get("ev") == "syntax_error":
             return Unrunnable(step.step_id, f"SyntaxError: {ending.get('message')}")
         if ending.get("ev") == "exception" and ending.get("type") in UNRUNNABLE:

@@ -20,7 +20,7 @@ from scicode.errors import SandboxUnavailable, TargetsError
 from scicode.execution.base import ExecResult, Executor, StepProgram
 from scicode.parser import has_code
 from scicode.program import build_step_program
-from scicode.targets import TargetStore, StepFileTargets
+from scicode.targets import StepFileTargets, TargetStore
 from scicode.testplan import TestPlan, plan_step
 from scicode.verdict import FailureKind, StepVerdict, derive_targets, judge, no_run_verdict
 
@@ -65,7 +65,10 @@ def program_for(problem: Problem, index: int, codes: Sequence[str]) -> StepProgr
     step = problem.steps[index]
     prior = [(s.step_id, c) for s, c in zip(problem.steps[:index], codes[:index], strict=True)]
     return build_step_program(
-        step_id=step.step_id, dependencies=problem.dependencies, prior=prior, code=codes[index],
+        step_id=step.step_id,
+        dependencies=problem.dependencies,
+        prior=prior,
+        code=codes[index],
         plan=plan_for(problem, step),
     )
 
@@ -96,8 +99,9 @@ class TargetService:
             "(see the README, 'Targets')."
         )
 
-    async def ensure(self, problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]],
-                     max_probe_bytes: int) -> None:
+    async def ensure(
+        self, problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]], max_probe_bytes: int
+    ) -> None:
         """Derive the step's targets from its gold code if no store has them yet."""
         if self.available(step.step_id) or not self.can_derive(step):
             return
@@ -111,8 +115,9 @@ class TargetService:
             logger.info("derived targets of validation step %s from its gold code", step.step_id)
 
 
-async def derive_step(problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]],
-                      max_probe_bytes: int) -> list[Any]:
+async def derive_step(
+    problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]], max_probe_bytes: int
+) -> list[Any]:
     """Run the gold code of steps 1..k and read step k's targets off its asserts.
 
     Raises:
@@ -170,13 +175,21 @@ class StepScorer:
             result = await self.run_program(program)
         except SandboxUnavailable as e:
             if e.during_program:  # died under this program on every attempt: the program did it
-                return no_run_verdict(step.step_id, FailureKind.RUNTIME_ERROR,
-                                      f"the sandbox died every time this program ran ({e}); it killed its sandbox")
+                return no_run_verdict(
+                    step.step_id,
+                    FailureKind.RUNTIME_ERROR,
+                    f"the sandbox died every time this program ran ({e}); it killed its sandbox",
+                )
             return no_run_verdict(step.step_id, FailureKind.SANDBOX_ERROR, str(e))
         try:
             return await asyncio.to_thread(
-                judge, plan_for(problem, step), program, result, lambda: self.targets.load(step),
-                max_probe_bytes=self.options.max_probe_bytes, strict=self.options.strict_comparisons,
+                judge,
+                plan_for(problem, step),
+                program,
+                result,
+                lambda: self.targets.load(step),
+                max_probe_bytes=self.options.max_probe_bytes,
+                strict=self.options.strict_comparisons,
             )
         except TargetsError as e:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))

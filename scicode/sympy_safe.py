@@ -31,7 +31,7 @@ def build_sympy(node: Any) -> Any:
             return _build(node, sympy, counter)
         except DecodeError:
             raise
-        except Exception as e:  # noqa: BLE001 - a constructor refusing its arguments is a bad value
+        except Exception as e:
             raise DecodeError(f"invalid sympy value: {type(e).__name__}: {e}") from e
 
 

@@ -57,7 +57,9 @@ def missing_targets_message(path: Path | None) -> str:
     )
 
 
-def resolve_targets(h5py_file: str, problems: Sequence[Problem], *, download: bool = True) -> tuple[TargetService, tuple[str, ...]]:
+def resolve_targets(
+    h5py_file: str, problems: Sequence[Problem], *, download: bool = True
+) -> tuple[TargetService, tuple[str, ...]]:
     """The target service for these problems, and the paths the sandbox must never see.
 
     Raises:

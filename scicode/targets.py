@@ -131,7 +131,11 @@ def differences(a: Any, b: Any, *, rtol: float = 1e-5, atol: float = 1e-8, where
     if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
         if type(a) is not type(b) or len(a) != len(b):
             return [f"{where}: {type(a).__name__}[{_len(a)}] vs {type(b).__name__}[{_len(b)}]"]
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, rtol=rtol, atol=atol, where=f"{where}[{i}]")]
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=False))
+            for d in differences(x, y, rtol=rtol, atol=atol, where=f"{where}[{i}]")
+        ]
     if isinstance(a, str) or isinstance(b, str):
         return [] if a == b else [f"{where}: {a!r} vs {b!r}"]
     x, y = np.asarray(a), np.asarray(b)
@@ -175,7 +179,7 @@ def _read_node(node: Any) -> Any:
         return _read_dataset(node)
     first = next(iter(node.keys()), None)
     if first == "list":
-        return [_read_dataset_or_group(node["list"][k]) for k in node["list"].keys()]
+        return [_read_dataset_or_group(node["list"][k]) for k in node["list"]]
     if first == "sparse_matrix":
         return _read_sparse(node["sparse_matrix"])
     return _read_dict(node)

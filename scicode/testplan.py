@@ -38,8 +38,8 @@ TARGET = "target"
 
 #: Builtins the trusted side may call in a replayed expression.
 SAFE_BUILTINS = frozenset(
-    "abs all any bool complex dict divmod enumerate filter float frozenset int isinstance len list map "
-    "max min pow range reversed round set slice sorted str sum tuple type zip True False None".split()
+    "abs all any bool complex dict divmod enumerate filter float frozenset int isinstance len list map max min "
+    "pow range reversed round set slice sorted str sum tuple type zip True False None".split()
 )
 #: Roots whose calls have effects or read hidden state: never replayed, always left to the sandbox.
 IMPURE_ROOTS = frozenset("random time os sys pickle subprocess shutil io socket datetime secrets".split())
@@ -124,7 +124,7 @@ def _bound_by_import(stmt: ast.Import | ast.ImportFrom) -> set[str]:
     out: set[str] = set()
     for alias in stmt.names:
         if alias.name == "*":
-            out |= _star_names(stmt.module or "")
+            out |= _star_names(getattr(stmt, "module", None) or "")
         else:
             out.add(alias.asname or alias.name.split(".")[0])
     return out
@@ -177,7 +177,9 @@ class _Split:
     def leaf(self, node: ast.expr) -> ast.expr:
         index = len(self.leaves)
         if isinstance(node, ast.Name):  # the same variable twice is one value
-            index = next((i for i, old in enumerate(self.leaves) if isinstance(old, ast.Name) and old.id == node.id), index)
+            index = next(
+                (i for i, old in enumerate(self.leaves) if isinstance(old, ast.Name) and old.id == node.id), index
+            )
         if index == len(self.leaves):
             self.leaves.append(node)
         return ast.Subscript(ast.Name(LEAVES, ast.Load()), ast.Constant(index), ast.Load())
@@ -366,7 +368,9 @@ class _Planner:
             if _names(stmt) & tainted and isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
                 tainted |= _assigned(_targets(stmt))
         assigned = {n for stmt in body for n in _stored(stmt)}
-        splitter = _Splitter(known=assigned | tainted, trusted=self.trusted_here, tainted=tainted, pure=set(self.helpers))
+        splitter = _Splitter(
+            known=assigned | tainted, trusted=self.trusted_here, tainted=tainted, pure=set(self.helpers)
+        )
 
         def reads(expr: ast.expr | None) -> set[str]:
             if expr is None:
@@ -380,9 +384,10 @@ class _Planner:
         for stmt in reversed(body):
             if isinstance(stmt, ast.Assert):
                 needed |= reads(stmt.test)
-            elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
-                if _names(stmt) & tainted or _assigned(_targets(stmt)) & needed:
-                    needed |= reads(stmt.value)
+            elif isinstance(stmt, (ast.Assign, ast.AugAssign, ast.AnnAssign)) and (
+                _names(stmt) & tainted or _assigned(_targets(stmt)) & needed
+            ):
+                needed |= reads(stmt.value)
         return needed
 
     def _segment(self, stmt: ast.stmt) -> str:
@@ -418,7 +423,10 @@ class _Planner:
 
     def _splitter(self, scope: _Scope) -> _Splitter:
         return _Splitter(
-            known=scope.shadowed | scope.tainted, trusted=self.trusted_here, tainted=scope.tainted, pure=set(self.helpers)
+            known=scope.shadowed | scope.tainted,
+            trusted=self.trusted_here,
+            tainted=scope.tainted,
+            pure=set(self.helpers),
         )
 
     def _new_site(self, stmt: ast.stmt, scope: _Scope, *, kind: str, trusted: str, split: _Split) -> Site:
@@ -467,7 +475,7 @@ class _Planner:
                 if key is not False and not (_names(other) & scope.tainted):
                     yield key, ast.unparse(other)
 
-    def _target_key(self, node: ast.expr, scope: _Scope) -> int | None | bool:
+    def _target_key(self, node: ast.expr, scope: _Scope) -> int | bool | None:
         if isinstance(node, ast.Name) and node.id == TARGET:
             return None
         if isinstance(node, ast.Name) and node.id in scope.unpacked:
@@ -543,7 +551,7 @@ class _Planner:
         enter = f"{PROBE}.enter({len(self.scopes) - 1})"
         self.in_function = True
         try:
-            body = [enter] + self._plan_body(fn.body, scope, top=False)
+            body = [enter, *self._plan_body(fn.body, scope, top=False)]
         finally:
             self.in_function = False
         new_fn = _copy(fn)

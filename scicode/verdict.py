@@ -12,6 +12,7 @@ crash or a hang is `wrong_answer`, because the official run stops at that assert
 from __future__ import annotations
 
 import ast
+import contextlib
 import enum
 import functools
 from collections.abc import Callable, Sequence
@@ -80,7 +81,9 @@ class _Events:
 
 def _read_events(result: ExecResult, max_bytes: int) -> _Events:
     frames = FrameReader(result.probe, max_bytes=max_bytes).frames()
-    ending = next((h for h, _ in reversed(frames) if h.get("ev") in ("syntax_error", "exception", "exit", "done")), None)
+    ending = next(
+        (h for h, _ in reversed(frames) if h.get("ev") in ("syntax_error", "exception", "exit", "done")), None
+    )
     return _Events(sites=[f for f in frames if f[0].get("ev") == "site"], ending=ending, stream=frames)
 
 
@@ -106,11 +109,15 @@ def judge(
         return StepVerdict(plan.step_id, kind is FailureKind.PASSED, kind, detail, result.seconds)
 
     if result.output_exceeded:
-        return verdict(FailureKind.OUTPUT_LIMIT, "the program wrote more than the output limit (a file reached max_output_mb)")
+        return verdict(
+            FailureKind.OUTPUT_LIMIT, "the program wrote more than the output limit (a file reached max_output_mb)"
+        )
     try:
         events = _read_events(result, max_probe_bytes)
     except DecodeError as e:
-        return verdict(FailureKind.RUNTIME_ERROR, f"the probe output is corrupted ({e}); was it written to by the program?")
+        return verdict(
+            FailureKind.RUNTIME_ERROR, f"the probe output is corrupted ({e}); was it written to by the program?"
+        )
     ending = events.ending or {}
     if ending.get("ev") == "syntax_error":
         return verdict(FailureKind.SYNTAX_ERROR, _syntax_detail(ending, program))
@@ -127,17 +134,27 @@ def _ending_verdict(
     if result.timed_out:
         return verdict(FailureKind.TIMEOUT, f"the step did not finish within {result.seconds:.0f} s")
     if result.killed_for:
-        return verdict(FailureKind.RUNTIME_ERROR, f"the program was killed: it exceeded the limit on {result.killed_for}")
+        return verdict(
+            FailureKind.RUNTIME_ERROR, f"the program was killed: it exceeded the limit on {result.killed_for}"
+        )
     if ending.get("ev") == "exception":
-        kind = FailureKind.MEMORY if ending.get("type") in ("MemoryError", "_ArrayMemoryError") else FailureKind.RUNTIME_ERROR
+        kind = (
+            FailureKind.MEMORY
+            if ending.get("type") in ("MemoryError", "_ArrayMemoryError")
+            else FailureKind.RUNTIME_ERROR
+        )
         where = program.section_of(ending.get("line"))
         head = f"{ending.get('type')}: {ending.get('message')}" + (f" (in {where})" if where else "")
         return verdict(kind, f"{head}\n{ending.get('traceback', '')}".strip())
     if ending.get("ev") == "exit":
-        return verdict(FailureKind.RUNTIME_ERROR, f"the program called exit({ending.get('code')}) before its tests finished")
+        return verdict(
+            FailureKind.RUNTIME_ERROR, f"the program called exit({ending.get('code')}) before its tests finished"
+        )
     if ending.get("ev") != "done":
         how = f"was killed by signal {result.signal}" if result.signal else f"exited with status {result.returncode}"
-        kind = FailureKind.MEMORY if result.signal == 9 and "MemoryError" in result.stderr else FailureKind.RUNTIME_ERROR
+        kind = (
+            FailureKind.MEMORY if result.signal == 9 and "MemoryError" in result.stderr else FailureKind.RUNTIME_ERROR
+        )
         return verdict(kind, f"the program {how} before its tests finished\n{result.stderr[-2000:]}".strip())
     if result.returncode != 0:
         return verdict(FailureKind.RUNTIME_ERROR, f"the program exited with status {result.returncode} after its tests")
@@ -186,7 +203,7 @@ def derive_targets(plan: TestPlan, result: ExecResult, *, max_probe_bytes: int) 
             targets.append(())
         elif None in found:
             targets.append(found[None])
-        elif found and sorted(found) == list(range(len(found))):
+        elif found and sorted(k for k in found if k is not None) == list(range(len(found))):
             targets.append(tuple(found[i] for i in range(len(found))))
         else:
             raise ValueError(f"step {plan.step_id} test {k + 1}: cannot read the target off its asserts")
@@ -270,7 +287,7 @@ class _Replay:
                 if ns is None or site.kind == "target":
                     continue
                 ns[LEAVES] = [self.value(n, buffers) for n in header["leaves"]]
-                for name, node in zip(site.fallbacks, header["fallbacks"]):
+                for name, node in zip(site.fallbacks, header["fallbacks"], strict=False):
                     ns.setdefault(name, self.value(node, buffers))
                 if site.kind == "replay":
                     self.bind_site(site, ns)
@@ -307,12 +324,10 @@ class _Replay:
             return f"test {site.test_index + 1}: {e}\n    {site.text}"
         if len(leaves) != len(site.leaves) or len(fallbacks) != len(site.fallbacks):
             return f"test {site.test_index + 1}: malformed record for `{site.text}`"
-        for name, node in zip(site.fallbacks, fallbacks):
+        for name, node in zip(site.fallbacks, fallbacks, strict=False):
             if name not in ns:
-                try:
+                with contextlib.suppress(DecodeError):
                     ns[name] = self.value(node, buffers)
-                except DecodeError:
-                    pass
         ns[LEAVES] = leaves
         return self.assert_site(site, ns) if site.kind == "assert" else self.bind_site(site, ns)
 

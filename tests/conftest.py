@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-_CACHE = Path(os.environ.get("SCICODE_TEST_CACHE") or Path(__file__).resolve().parent.parent / ".pytest_cache" / "scicode")
+_CACHE = Path(
+    os.environ.get("SCICODE_TEST_CACHE") or Path(__file__).resolve().parent.parent / ".pytest_cache" / "scicode"
+)
 os.environ["SCICODE_CACHE_DIR"] = str(_CACHE)
 
 from scicode.dataset import Problem, load_problems  # noqa: E402

@@ -15,7 +15,9 @@ SCICODE = [sys.executable, "-m", "scicode"]
 
 
 def run(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([*SCICODE, *args], capture_output=True, text=True, cwd=cwd, timeout=1200, env=dict(os.environ))
+    proc = subprocess.run(
+        [*SCICODE, *args], capture_output=True, text=True, cwd=cwd, timeout=1200, env=dict(os.environ)
+    )
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

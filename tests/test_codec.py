@@ -25,14 +25,42 @@ def roundtrip(value):
 @pytest.mark.parametrize(
     "value",
     [
-        None, True, 0, -(2**100), 1.5, float("inf"), 1 + 2j, "λ", b"\x00\xff", [1, [2, (3,)]], (1.0, "a"),
-        {1: "a", (2, 3): [4], "k": {"n": None}}, {1, 2}, frozenset({3}), range(1, 9, 2), slice(1, None, 2),
-        np.float64(0.1), np.float32(0.1), np.int32(-7), np.bool_(False), np.complex128(1j), np.str_("s"),
-        np.arange(12, dtype=np.int16).reshape(3, 4), np.zeros((0, 3)), np.array(["ab", "c"]),
-        np.array([1, "x", None], dtype=object), np.ones((2, 2), dtype=np.complex64)[:, ::-1],
-        sp.csr_matrix(np.eye(3)), sp.csc_matrix(np.eye(2)), sp.coo_matrix(np.eye(2)), sp.csr_array(np.eye(2)),
-        sympy.Symbol("x"), sympy.Symbol("y", positive=True) ** 2 + sympy.Rational(1, 3), sympy.pi,
-        sympy.sin(sympy.Symbol("t")) * sympy.Float("1.5", 30) - 2 * sympy.I, sympy.Matrix([[1, 2]]).as_immutable(),
+        None,
+        True,
+        0,
+        -(2**100),
+        1.5,
+        float("inf"),
+        1 + 2j,
+        "λ",
+        b"\x00\xff",
+        [1, [2, (3,)]],
+        (1.0, "a"),
+        {1: "a", (2, 3): [4], "k": {"n": None}},
+        {1, 2},
+        frozenset({3}),
+        range(1, 9, 2),
+        slice(1, None, 2),
+        np.float64(0.1),
+        np.float32(0.1),
+        np.int32(-7),
+        np.bool_(False),
+        np.complex128(1j),
+        np.str_("s"),
+        np.arange(12, dtype=np.int16).reshape(3, 4),
+        np.zeros((0, 3)),
+        np.array(["ab", "c"]),
+        np.array([1, "x", None], dtype=object),
+        np.ones((2, 2), dtype=np.complex64)[:, ::-1],
+        sp.csr_matrix(np.eye(3)),
+        sp.csc_matrix(np.eye(2)),
+        sp.coo_matrix(np.eye(2)),
+        sp.csr_array(np.eye(2)),
+        sympy.Symbol("x"),
+        sympy.Symbol("y", positive=True) ** 2 + sympy.Rational(1, 3),
+        sympy.pi,
+        sympy.sin(sympy.Symbol("t")) * sympy.Float("1.5", 30) - 2 * sympy.I,
+        sympy.Matrix([[1, 2]]).as_immutable(),
     ],
 )
 def test_roundtrip_preserves_type_and_value(value) -> None:
@@ -55,7 +83,7 @@ def test_nan_survives() -> None:
 class Sneaky(float):
     """A float that claims to equal everything: it crosses as a plain float."""
 
-    def __eq__(self, other):  # noqa: D105
+    def __eq__(self, other):
         return True
 
     __hash__ = float.__hash__
@@ -69,14 +97,16 @@ def test_subclasses_cross_as_their_plain_base_type() -> None:
 
 
 class Anything:
-    def __eq__(self, other):  # noqa: D105
+    def __eq__(self, other):
         return True
 
-    def __array__(self, dtype=None):  # noqa: D105
+    def __array__(self, dtype=None):
         return np.zeros(3)
 
 
-@pytest.mark.parametrize("value", [Anything(), object(), (x for x in range(3)), lambda: 1, np.array([(1, 2)], dtype="i4,i4")])
+@pytest.mark.parametrize(
+    "value", [Anything(), object(), (x for x in range(3)), lambda: 1, np.array([(1, 2)], dtype="i4,i4")]
+)
 def test_unknown_objects_are_refused(value) -> None:
     with pytest.raises(ValueError, match="cannot be judged"):
         roundtrip(value)

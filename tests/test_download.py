@@ -63,8 +63,13 @@ def test_auto_downloads_into_the_cache_when_the_test_split_needs_it(tmp_path, mo
         monkeypatch.setenv("SCICODE_TARGETS_URL", server.url)
         import scicode.download as dl
 
-        monkeypatch.setattr(dl, "fetch", lambda dest, **kw: fetch(dest, url=server.url, sha256=hashlib.sha256(data).hexdigest(),
-                                                                  size=len(data), progress=False))
+        monkeypatch.setattr(
+            dl,
+            "fetch",
+            lambda dest, **kw: fetch(
+                dest, url=server.url, sha256=hashlib.sha256(data).hexdigest(), size=len(data), progress=False
+            ),
+        )
         service, hidden = resolve_targets("auto", [p for p in all_problems if p.problem_id == "2"])
     assert service.official is not None and service.official.has("2.1")
     assert service.load(next(p for p in all_problems if p.problem_id == "2").steps[0])[0] == 1.5

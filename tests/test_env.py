@@ -75,8 +75,9 @@ async def test_dummy_policy_scores_zero_with_no_code() -> None:
 
 
 async def test_given_steps_are_injected_never_asked(all_problems, empty_official_file) -> None:
-    env = load_environment(split="test", problems=["62", "76"], dataset_source="bundled",
-                           h5py_file=str(empty_official_file))
+    env = load_environment(
+        split="test", problems=["62", "76"], dataset_source="bundled", h5py_file=str(empty_official_file)
+    )
     policy = Recording(DummyPolicy())
     outs = await evaluate(env, policy)
     prompts = {o["scicode"]["problem_id"]: o for o in outs}
@@ -122,12 +123,34 @@ def test_vf_eval_runs_against_an_openai_compatible_server(tmp_path, validation, 
         prompt = messages[-1]["content"]
         return gold.reply(prompt) if "I do not recognise" not in gold.reply(prompt) else "```python\n```"
 
-    env_args = {"split": "all", "problems": ["29", "76"], "dataset_source": "bundled",
-                "h5py_file": str(empty_official_file)}
+    env_args = {
+        "split": "all",
+        "problems": ["29", "76"],
+        "dataset_source": "bundled",
+        "h5py_file": str(empty_official_file),
+    }
     with FakeOpenAI(reply) as server:
         cmd = [
-            str(Path(sys.executable).parent / "vf-eval"), "scicode", "-m", "fake-model", "-b", server.url, "-k", "FAKE_KEY",
-            "-n", "2", "-r", "1", "-a", json.dumps(env_args), "-s", "-d", "-C", "scicode", "-o", str(tmp_path / "out"),
+            str(Path(sys.executable).parent / "vf-eval"),
+            "scicode",
+            "-m",
+            "fake-model",
+            "-b",
+            server.url,
+            "-k",
+            "FAKE_KEY",
+            "-n",
+            "2",
+            "-r",
+            "1",
+            "-a",
+            json.dumps(env_args),
+            "-s",
+            "-d",
+            "-C",
+            "scicode",
+            "-o",
+            str(tmp_path / "out"),
         ]
         env = dict(os.environ, FAKE_KEY="sk-test", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)

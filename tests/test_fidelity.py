@@ -18,8 +18,25 @@ from tests.conftest import gold_codes
 from tests.fakes import official_harness
 from tests.fakes.mutants import VARIANTS, mutate
 
-STEPS = ["1.1", "3.1", "4.1", "10.1", "10.3", "10.6", "10.7", "19.1", "29.2", "29.3", "38.3", "44.2", "49.1",
-         "70.6", "70.8", "78.1", "78.2"]
+STEPS = [
+    "1.1",
+    "3.1",
+    "4.1",
+    "10.1",
+    "10.3",
+    "10.6",
+    "10.7",
+    "19.1",
+    "29.2",
+    "29.3",
+    "38.3",
+    "44.2",
+    "49.1",
+    "70.6",
+    "70.8",
+    "78.1",
+    "78.2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +69,12 @@ _POOL = ThreadPoolExecutor(max_workers=2)
 
 async def test_honest_answers_get_the_official_verdict(scorer, validation, official_root) -> None:
     cases = [(sid, v) for sid in STEPS for v in VARIANTS]
-    results = await asyncio.gather(*(
-        _both(scorer, validation, official_root, sid, lambda code, header, v=v: mutate(code, header, v))
-        for sid, v in cases
-    ))
+    results = await asyncio.gather(
+        *(
+            _both(scorer, validation, official_root, sid, lambda code, header, v=v: mutate(code, header, v))
+            for sid, v in cases
+        )
+    )
     disagreements = [(sid, v, ours, official) for (sid, v), (ours, official) in zip(cases, results) if ours != official]
     assert disagreements == [], f"verdicts differ from the official harness: {disagreements}"
     outcomes = {v: sum(ours for (sid, vv), (ours, _) in zip(cases, results) if vv == v) for v in VARIANTS}
@@ -68,6 +87,11 @@ async def test_honest_answers_get_the_official_verdict(scorer, validation, offic
 @pytest.mark.parametrize("exploit", ["import os\nos._exit(0)", "import sys\nsys.exit(0)"])
 async def test_exploits_are_where_the_verdicts_differ(scorer, validation, official_root, exploit) -> None:
     exploit = exploit.replace("\n", "; ")
-    ours, official = await _both(scorer, validation, official_root, "10.1",
-                                 lambda code, header: f"__import__('builtins').exec({exploit!r})\n{code}")
+    ours, official = await _both(
+        scorer,
+        validation,
+        official_root,
+        "10.1",
+        lambda code, header: f"__import__('builtins').exec({exploit!r})\n{code}",
+    )
     assert official is True and ours is False

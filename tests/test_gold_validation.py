@@ -14,8 +14,12 @@ from tests.conftest import gold_codes
 #: time step from wall-clock timings; the official targets come from a coarse clock, so the gold
 #: code fails them on Linux, as it does under the official harness.
 KNOWN_DEFECTS = {"78.3"}
-STEPS = [(p.problem_id, i, s.step_id) for p in load_problems(split="validation", source="bundled")
-         for i, s in enumerate(p.steps) if not s.given]
+STEPS = [
+    (p.problem_id, i, s.step_id)
+    for p in load_problems(split="validation", source="bundled")
+    for i, s in enumerate(p.steps)
+    if not s.given
+]
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,15 @@ def test_later_step_carries_previous_descriptions_and_code(validation) -> None:
     p = validation["10"]
     s0, s1, s2 = p.steps[:3]
     prompt = step_prompt(p, 2, ["CODE_ONE", "CODE_TWO"], with_background=True)
-    previous = "\n\n".join([
-        s0.description + "\n" + s0.background, "CODE_ONE", "------",
-        s1.description + "\n" + s1.background, "CODE_TWO",
-    ])
+    previous = "\n\n".join(
+        [
+            s0.description + "\n" + s0.background,
+            "CODE_ONE",
+            "------",
+            s1.description + "\n" + s1.background,
+            "CODE_TWO",
+        ]
+    )
     current = f"{s2.description}\n{s2.background}\n\n{s2.function_header}\n\n{s2.return_line}"
     assert prompt == template(with_background=True).format(
         problem_steps_str=previous, next_step_str=current, dependencies=p.dependencies

@@ -11,7 +11,9 @@ from scicode.report import RolloutRecord, by_split, format_summary, load_run, pa
 
 
 def steps(*passed: bool) -> tuple[dict, ...]:
-    return tuple({"step_id": f"s{i}", "passed": p, "kind": "passed" if p else "wrong_answer"} for i, p in enumerate(passed))
+    return tuple(
+        {"step_id": f"s{i}", "passed": p, "kind": "passed" if p else "wrong_answer"} for i, p in enumerate(passed)
+    )
 
 
 def test_micro_is_over_steps_and_macro_over_problems() -> None:
@@ -45,8 +47,10 @@ def test_vf_eval_results_with_and_without_step_records(tmp_path) -> None:
     rows = [
         {"info": {"problem_id": "1", "split": "validation"}, "metrics": {"steps_passed": 1.0, "steps_total": 1.0}},
         {"info": {"problem_id": "10", "split": "validation"}, "metrics": {"steps_passed": 7.0, "steps_total": 11.0}},
-        {"info": {"problem_id": "3", "split": "validation"},
-         "scicode": {"problem_id": "3", "split": "validation", "steps": list(steps(False))}},
+        {
+            "info": {"problem_id": "3", "split": "validation"},
+            "scicode": {"problem_id": "3", "split": "validation", "steps": list(steps(False))},
+        },
     ]
     path = tmp_path / "results.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))

@@ -32,7 +32,12 @@ async def test_unfenced_pure_code_extracted_as_a_whole_passes(scorer, validation
 
 
 async def test_wrong_answer(scorer, validation) -> None:
-    v = await score(scorer, validation["10"], 0, GOOD.replace("return alpha", "return -alpha").replace("return alpha_scaling", "return -alpha_scaling"))
+    v = await score(
+        scorer,
+        validation["10"],
+        0,
+        GOOD.replace("return alpha", "return -alpha").replace("return alpha_scaling", "return -alpha_scaling"),
+    )
     assert v.kind is FailureKind.WRONG_ANSWER
     assert "test 1: assertion failed" in v.detail and "get_alpha" in v.detail
 
@@ -49,7 +54,9 @@ async def test_hang_is_a_timeout(executor, validation) -> None:
 
     targets, _ = resolve_targets("auto", [validation["10"]])
     quick = StepScorer(executor, targets, ScoringOptions(timeout=3, infra_retries=0))
-    v = await score(quick, validation["10"], 0, "def get_alpha(recvec, alpha_scaling=5):\n    while True:\n        pass\n")
+    v = await score(
+        quick, validation["10"], 0, "def get_alpha(recvec, alpha_scaling=5):\n    while True:\n        pass\n"
+    )
     assert v.kind is FailureKind.TIMEOUT and 2.5 < v.seconds < 10
 
 
@@ -93,6 +100,11 @@ async def test_failing_assert_before_a_crash_is_a_wrong_answer(scorer, validatio
 @pytest.mark.parametrize("exit_call", ["import os\nos._exit(0)", "import sys\nsys.exit(0)", "raise SystemExit"])
 async def test_exiting_early_is_not_a_pass(scorer, validation, exit_call) -> None:
     # The official harness calls exit status 0 a pass; here the tests must have run.
-    code = "__import__('builtins').exec(" + repr(exit_call.replace("import os\n", "import os;").replace("import sys\n", "import sys;")) + ")\n" + GOOD
+    code = (
+        "__import__('builtins').exec("
+        + repr(exit_call.replace("import os\n", "import os;").replace("import sys\n", "import sys;"))
+        + ")\n"
+        + GOOD
+    )
     v = await score(scorer, validation["10"], 0, code)
     assert not v.passed and v.kind is FailureKind.RUNTIME_ERROR

@@ -20,7 +20,9 @@ def test_every_official_test_case_is_planned(all_problems) -> None:
                 tree = ast.parse(test)  # the sandbox code compiles...
                 names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
                 assert "target" not in names, f"{s.step_id}: the sandbox would need the target"
-                assert not any(isinstance(n, ast.Assert) for n in ast.walk(tree)), f"{s.step_id}: assert left in sandbox"
+                assert not any(isinstance(n, ast.Assert) for n in ast.walk(tree)), (
+                    f"{s.step_id}: assert left in sandbox"
+                )
             for site in plan.sites:
                 compile(site.trusted, "x", "eval" if site.kind == "assert" else "exec")
             planned += len(s.test_cases)

@@ -36,9 +36,11 @@ def _symbols_to_str(d: dict) -> dict:
 
 
 def are_dicts_close(dict1: dict, dict2: dict, atol: float = 1e-8, rtol: float = 1e-5) -> bool:
-    """Same keys (Symbols compared by name) and close values: strings and Symbols by equality,
-    sparse matrices densely, everything else by `np.allclose`, falling back to `==` when
-    allclose cannot compare the two."""
+    """True when both dicts have the same keys (Symbols compared by name) and close values.
+
+    Strings and Symbols compare by equality, sparse matrices densely, everything else by
+    `np.allclose`, falling back to `==` when allclose cannot compare the two.
+    """
     dict1, dict2 = _symbols_to_str(dict1), _symbols_to_str(dict2)
     if dict1.keys() != dict2.keys():
         return False
@@ -47,7 +49,7 @@ def are_dicts_close(dict1: dict, dict2: dict, atol: float = 1e-8, rtol: float = 
         if isinstance(v1, (_symbol_type(), str)):
             same = v1 == v2
         elif isinstance(v1, _sparse_types()):
-            same = np.allclose(v1.toarray(), v2.toarray(), atol=atol, rtol=rtol)
+            same = np.allclose(v1.toarray(), v2.toarray(), atol=atol, rtol=rtol)  # type: ignore[attr-defined]
         else:
             try:
                 same = np.allclose(v1, v2, atol=atol, rtol=rtol)
@@ -64,13 +66,16 @@ def are_csc_matrix_close(matrix1: Any, matrix2: Any) -> bool:
 
 
 def cmp_tuple_or_list(var1: Any, var2: Any) -> bool:
-    """Same length and element-wise close: dicts by `are_dicts_close`, csr/csc matrices densely,
-    Python bools by equality, the rest by `np.allclose` (falling back to `==`)."""
+    """True when both have the same length and their elements are close.
+
+    Dicts compare by `are_dicts_close`, csr/csc matrices densely, Python bools by equality, the
+    rest by `np.allclose` (falling back to `==`).
+    """
     import scipy.sparse as sp
 
     if len(var1) != len(var2):
         return False
-    for v1, v2 in zip(var1, var2):
+    for v1, v2 in zip(var1, var2, strict=False):
         if isinstance(v1, dict):
             same = are_dicts_close(v1, v2)
         elif isinstance(v1, (sp.csr_matrix, sp.csc_matrix)):

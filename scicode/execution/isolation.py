@@ -1,10 +1,14 @@
 """Isolation levels of the local backend, probed once, strongest first.
 
-| level   | what the step program cannot do |
-|---------|---------------------------------|
-| bwrap   | see anything but the OS, the interpreter and its libraries (no home, no project, no targets, no package data, no other processes); write outside a size-limited private tmpfs; reach any network; keep any capability; outlive its timeout |
-| unshare | reach any network (own network namespace); outlive its timeout (the worker is PID 1 of its own PID namespace); read the targets, the cache, the package data, other workers' programs or the usual credential files in the home directory (own mount namespace hiding them); change the harness (read-only); regain capabilities. It can still read other files of the user running the evaluation and write to the host's disks |
-| none    | outlive its timeout only through process-group and subreaper kills; it can read the user's files and reach the network. A warning is logged once. |
+- `bwrap`: the program sees only the OS, the interpreter and its libraries (no home, no project,
+  no targets, no package data, no other processes), writes only to a size-limited private tmpfs,
+  has no network and no capabilities, cannot signal its worker (PID 1), cannot outlive its timeout.
+- `unshare`: the worker has its own user, mount, network and PID namespaces (it is PID 1): no
+  network, no way to outlive the timeout or to signal the worker, and targets, caches, package data,
+  other workers' programs and the usual credential files are hidden; the harness is read-only. The
+  program can still read the user's other files and write to the host's disks.
+- `none`: every descendant is still killed (child subreaper), but the program can read the user's
+  files, reach the network and signal its worker. A warning is logged once.
 
 All levels also get: a scrubbed environment (no API keys or tokens), and per-program limits on
 address space, file size, CPU time and core dumps, a new session, and a death signal.
@@ -28,14 +32,28 @@ from scicode.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 LEVELS = ("auto", "bwrap", "unshare", "none")
-SANDBOX_SCRATCH = "/tmp/scicode-tasks"
+SANDBOX_SCRATCH = "/tmp/scicode-tasks"  # noqa: S108 - inside the sandbox's private tmpfs
 TMPFS_BYTES = 1 << 30
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 _SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
 _PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
 #: Where credentials usually live: hidden from programs at the `unshare` level.
-_HOME_SECRETS = (".prime", ".config", ".netrc", ".ssh", ".aws", ".docker", ".git-credentials", ".cache", ".pypirc",
-                 ".kube", ".gnupg", ".huggingface", ".bash_history", ".python_history")
+_HOME_SECRETS = (
+    ".prime",
+    ".config",
+    ".netrc",
+    ".ssh",
+    ".aws",
+    ".docker",
+    ".git-credentials",
+    ".cache",
+    ".pypirc",
+    ".kube",
+    ".gnupg",
+    ".huggingface",
+    ".bash_history",
+    ".python_history",
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +65,9 @@ class Level:
     namespaces: bool
     python: str
 
-    def command(self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str],
-                disk_bytes: int = TMPFS_BYTES) -> list[str]:
+    def command(
+        self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES
+    ) -> list[str]:
         """The command that starts a worker (`argv` + scratch dir + config) with this isolation."""
         if self.name == "bwrap":
             args = _bwrap_args(self.python, payload=payload, hidden=hidden, disk_bytes=disk_bytes)
@@ -59,9 +78,11 @@ class Level:
         return [*argv, str(scratch)]
 
     def _masks(self, hidden: Sequence[str]) -> list[str]:
-        """What the worker's mount namespace hides at the `unshare` level: targets, caches, the
-        usual credential files, installed package data, and (by hiding the scratch root and
-        keeping only the worker's own directory reachable) other workers' programs."""
+        """What the worker's mount namespace hides at the `unshare` level.
+
+        Targets, caches, the usual credential files, installed package data, and (by hiding the
+        scratch root and keeping only the worker's own directory reachable) other workers' programs.
+        """
         home = Path.home()
         paths = [*hidden, *(str(home / name) for name in _HOME_SECRETS), *_package_dirs(_python_paths(self.python))]
         return sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
@@ -126,12 +147,18 @@ def probe(python: str) -> dict[str, Level]:
     levels = {"none": Level("none", "rlimits, new session, subreaper kill; no namespaces", False, python)}
     if _namespaces_work(python):
         levels["unshare"] = Level(
-            "unshare", "user, mount, network and PID namespaces per worker; secrets and other workers hidden", True, python,
+            "unshare",
+            "user, mount, network and PID namespaces per worker; secrets and other workers hidden",
+            True,
+            python,
         )
     if shutil.which("bwrap") and _bwrap_works(python):
         levels["bwrap"] = Level(
-            "bwrap", "bubblewrap: minimal read-only filesystem, private tmpfs, no network, no capabilities, "
-            "per-program PID namespace", True, python,
+            "bwrap",
+            "bubblewrap: minimal read-only filesystem, private tmpfs, no network, no capabilities, "
+            "per-program PID namespace",
+            True,
+            python,
         )
     return levels
 
@@ -174,8 +201,13 @@ def _python_paths(python: str) -> tuple[str, ...]:
     # Only the installation itself: sys.path entries outside it (an editable install's project
     # directory, PYTHONPATH additions) could expose a checkout, a cache or the targets.
     roots = {os.path.realpath(p) for p in prefixes if p and os.path.isdir(p)}
-    inside = [p for p in entries if p and os.path.isdir(p)
-              and any(os.path.realpath(p) == r or os.path.realpath(p).startswith(r + "/") for r in roots)]
+    inside = [
+        p
+        for p in entries
+        if p
+        and os.path.isdir(p)
+        and any(os.path.realpath(p) == r or os.path.realpath(p).startswith(r + "/") for r in roots)
+    ]
     paths = roots | {os.path.realpath(p) for p in inside} | {p for p in prefixes + inside if p and os.path.isdir(p)}
     return tuple(sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS)))
 
@@ -187,8 +219,16 @@ def _package_dirs(python_paths: Sequence[str]) -> list[str]:
 
 def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES) -> list[str]:
     # --as-pid-1: the worker itself is PID 1 (the reaper of every orphan, unkillable from inside).
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session", "--as-pid-1",
-            "--cap-drop", "ALL"]
+    args = [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--cap-drop",
+        "ALL",
+    ]
     bound: list[str] = []
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
@@ -197,7 +237,7 @@ def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes
             args += ["--ro-bind", d, d]
             bound.append(d)
     # The private /tmp first: interpreter or payload paths under /tmp are bound on top of it.
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", "/tmp"]
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", "/tmp"]  # noqa: S108
     for p in _python_paths(python):
         args += ["--ro-bind", p, p]
         bound.append(p)
@@ -208,19 +248,25 @@ def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes
         if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound) or not os.path.exists(path):
             continue
         args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
-    args += ["--chdir", "/tmp"]
+    args += ["--chdir", "/tmp"]  # noqa: S108 - the private tmpfs
     return args
 
 
 def _bwrap_works(python: str) -> bool:
-    from scicode.execution.payload import write_payload
-
     import tempfile
+
+    from scicode.execution.payload import write_payload
 
     with tempfile.TemporaryDirectory(prefix="scicode-probe-") as tmp:
         payload = write_payload(Path(tmp))
         try:
-            cmd = [*_bwrap_args(python, payload=payload, hidden=()), "--", python, "-c", "import scicode.codec; print('ok')"]
+            cmd = [
+                *_bwrap_args(python, payload=payload, hidden=()),
+                "--",
+                python,
+                "-c",
+                "import scicode.codec; print('ok')",
+            ]
         except ConfigError:
             return False
         result = _run(cmd, env=scrubbed_env(payload=payload))

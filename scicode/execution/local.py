@@ -56,6 +56,11 @@ class LocalOptions:
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> LocalOptions:
+        """Validated local options from the generic ones.
+
+        Raises:
+            ConfigError: an unknown worker mode or isolation level, or no such interpreter.
+        """
         extra = options.extra
         mode = str(extra.get("worker_mode", "warm"))
         level = str(extra.get("isolation", "auto"))
@@ -76,7 +81,7 @@ class LocalOptions:
             output_mb=int(options.output_mb),
             disk_mb=int(options.disk_mb),
             max_processes=int(options.max_processes),
-            hidden_paths=tuple(str(p) for p in extra.get("hidden_paths", ())),  # type: ignore[union-attr]
+            hidden_paths=tuple(str(p) for p in extra.get("hidden_paths", ())),  # type: ignore[attr-defined]
         )
 
 
@@ -119,7 +124,7 @@ class LocalExecutor:
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = LocalOptions.from_options(options)
         self._root = Path(tempfile.mkdtemp(prefix="scicode-local-"))
-        os.chmod(self._root, 0o711)
+        os.chmod(self._root, 0o711)  # noqa: S103 - traversable, not listable: tasks live below in 0700 dirs
         self._tasks = self._root / "tasks"  # task directories, for levels without a private tmpfs
         self._tasks.mkdir(mode=0o700)
         self._payload = write_payload(self._root / "payload")
@@ -194,8 +199,12 @@ class LocalExecutor:
         log = open(self._root / "worker.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
-                env=self._env(), start_new_session=True,
+                *cmd,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=self._env(),
+                start_new_session=True,
                 limit=(self.options.output_mb << 21) + (1 << 20),  # base64 probe + tails in one line
             )
         except OSError as e:
@@ -205,7 +214,7 @@ class LocalExecutor:
         assert proc.stdout is not None
         try:
             ready = await asyncio.wait_for(proc.stdout.readline(), WORKER_START_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             ready = b""
         if not ready or not json.loads(ready).get("ready"):
             with contextlib.suppress(ProcessLookupError):
@@ -261,11 +270,12 @@ class LocalExecutor:
         }
         try:
             reply = await worker.request(request, timeout=timeout + REPLY_GRACE)
-        except (asyncio.TimeoutError, OSError, ValueError, SandboxUnavailable) as e:
+        except (TimeoutError, OSError, ValueError, SandboxUnavailable) as e:
             worker.kill()
             await worker.proc.wait()
-            raise SandboxUnavailable(f"sandbox worker died while running the program: {type(e).__name__}: {e}",
-                                     during_program=True) from e
+            raise SandboxUnavailable(
+                f"sandbox worker died while running the program: {type(e).__name__}: {e}", during_program=True
+            ) from e
         if reply.get("setup_failed"):
             raise SandboxUnavailable(f"the sandbox could not start the program: {reply.get('error', 'setup failed')}")
         return reply

@@ -15,6 +15,7 @@ Usage (fresh interpreter, in the task directory): python -m scicode.runtime.prob
 from __future__ import annotations
 
 import builtins
+import contextlib
 import os
 import sys
 import traceback
@@ -85,11 +86,20 @@ def run_program(path: str, probe_fd: int) -> int:
             source = f.read()
         code = compile(source, PROGRAM_NAME, "exec", dont_inherit=True)
     except (SyntaxError, ValueError) as e:  # ValueError: null bytes in the source
-        probe.emit({"ev": "syntax_error", "type": type(e).__name__, "message": str(e)[:2000],
-                    "line": getattr(e, "lineno", None), "text": (getattr(e, "text", None) or "")[:500]})
+        probe.emit(
+            {
+                "ev": "syntax_error",
+                "type": type(e).__name__,
+                "message": str(e)[:2000],
+                "line": getattr(e, "lineno", None),
+                "text": (getattr(e, "text", None) or "")[:500],
+            }
+        )
         return 1
     except (RecursionError, MemoryError) as e:
-        probe.emit({"ev": "syntax_error", "type": type(e).__name__, "message": "the program is too deeply nested to compile"})
+        probe.emit(
+            {"ev": "syntax_error", "type": type(e).__name__, "message": "the program is too deeply nested to compile"}
+        )
         return 1
     namespace = {"__name__": "__main__", "__builtins__": builtins, "__file__": path, "__scicode_probe__": probe}
     try:
@@ -98,10 +108,8 @@ def run_program(path: str, probe_fd: int) -> int:
         probe.emit({"ev": "exit", "code": repr(e.code)[:200]})
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException as e:  # noqa: BLE001 - every way the program can fail is recorded
-        try:
+        with contextlib.suppress(BaseException):  # e.g. the probe file hit its size limit
             probe.emit({"ev": "exception", **_describe(e)})
-        except BaseException:  # noqa: BLE001, S110 - e.g. the probe file hit its size limit
-            pass
         return 1
     probe.emit({"ev": "done"})
     return 0

@@ -23,6 +23,7 @@ CONFIG_JSON: {"namespaces": bool, "masks": [paths to hide], "read_only": [paths]
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import json
 import os
@@ -35,10 +36,24 @@ import time
 from typing import Any
 
 PRELOAD = (
-    "numpy", "scipy", "scipy.integrate", "scipy.linalg", "scipy.optimize", "scipy.special",
-    "scipy.sparse", "scipy.sparse.linalg", "scipy.interpolate", "scipy.signal", "scipy.fft",
-    "scipy.constants", "scipy.spatial", "scipy.stats", "sympy", "scicode.codec",
-    "scicode.runtime.probe", "scicode.compare.cmp",
+    "numpy",
+    "scipy",
+    "scipy.integrate",
+    "scipy.linalg",
+    "scipy.optimize",
+    "scipy.special",
+    "scipy.sparse",
+    "scipy.sparse.linalg",
+    "scipy.interpolate",
+    "scipy.signal",
+    "scipy.fft",
+    "scipy.constants",
+    "scipy.spatial",
+    "scipy.stats",
+    "sympy",
+    "scicode.codec",
+    "scicode.runtime.probe",
+    "scicode.compare.cmp",
 )
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
 PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
@@ -88,13 +103,15 @@ def new_namespaces() -> bool:
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> bool:
-    enc = (lambda s: s.encode() if s is not None else None)  # noqa: E731
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
     return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
 
 
 def apply_masks(masks: list[str], read_only: list[str]) -> None:
-    """In this (private) mount namespace: a fresh /proc, the given paths hidden (an empty
-    read-only tmpfs over a directory, /dev/null over a file) or made read-only."""
+    """Set up this (private) mount namespace: a fresh /proc, paths hidden or made read-only.
+
+    A hidden directory gets an empty read-only tmpfs over it, a hidden file /dev/null.
+    """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for path in read_only:
@@ -152,10 +169,8 @@ def _set_limits(req: dict[str, Any]) -> None:
     }
     for which, value in limits.items():
         soft, hard = value if isinstance(value, tuple) else (value, value)
-        try:
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(which, (soft, hard))
-        except (ValueError, OSError):
-            pass
 
 
 def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
@@ -182,7 +197,7 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
     env = dict(req["env"], HOME=req["dir"], PWD=req["dir"])
     if mode == "fresh":
         env["SCICODE_PROBE_FD"] = "3"
-        os.execve(sys.executable, [sys.executable, "-m", "scicode.runtime.probe"], env)
+        os.execve(sys.executable, [sys.executable, "-m", "scicode.runtime.probe"], env)  # noqa: S606
     os.environ.clear()
     os.environ.update(env)
     import atexit
@@ -203,10 +218,8 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
     except BaseException:  # noqa: BLE001, S110 - the exit status is already decided
         pass
     code = code if isinstance(code, int) and 0 <= code < 256 else 1
-    try:
+    with contextlib.suppress(OSError):
         os.write(4, bytes([code]))
-    except OSError:
-        pass
     os._exit(code)
 
 
@@ -215,8 +228,11 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _descendants(exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
-    """Every live process below this worker (children, theirs, adopted orphans), but `exclude`."""
+def _descendants(prune: set[int] = frozenset(), hide: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
+    """Every live process below this worker (children, theirs, adopted orphans).
+
+    The subtrees of `prune` are left out; `hide` processes are not listed but their children are.
+    """
     me = os.getpid()
     parents: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -232,19 +248,27 @@ def _descendants(exclude: set[int] = frozenset()) -> list[int]:  # type: ignore[
     family: set[int] = {me}
     grown = True
     while grown:
-        new = {p for p, parent in parents.items() if parent in family and p not in exclude} - family
+        new = {p for p, parent in parents.items() if parent in family and p not in prune} - family
         family |= new
         grown = bool(new)
-    family.discard(me)
-    return sorted(family)
+    return sorted(family - {me} - set(hide))
+
+
+def _kill_until_gone(prune: set[int], hide: set[int]) -> None:
+    """SIGKILL every descendant (but `prune`'s subtrees and `hide` themselves) until none is left."""
+    for _ in range(500):
+        _reap()
+        victims = _descendants(prune, hide)
+        if not victims:
+            return
+        _kill_all(victims)
+        time.sleep(0.0005)
 
 
 def _kill_all(pids: list[int]) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _reap() -> None:
@@ -289,14 +313,7 @@ class Runner:
 
     def _clean(self) -> None:
         """Before a program: nothing left of the previous one (reaped, every descendant killed)."""
-        keep = {self.spare[0]} if self.spare else set()
-        for _ in range(200):
-            _reap()
-            leftover = _descendants(keep)
-            if not leftover:
-                return
-            _kill_all(leftover)
-            time.sleep(0.001)
+        _kill_until_gone({self.spare[0]} if self.spare else set(), set())
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
         """Run one program (its directory exists) under the timeout and the process limit."""
@@ -311,27 +328,31 @@ class Runner:
         pidfd = os.pidfd_open(pid)
         spare: set[int] = set()  # the next spare is forked after the reply, off the critical path
         try:
-            killed_for, status = self._watch(pidfd, status_r, start + float(req["timeout"]),
-                                             int(req.get("max_processes", 0)), spare)
+            killed_for, status = self._watch(
+                pidfd, status_r, start + float(req["timeout"]), int(req.get("max_processes", 0)), spare
+            )
         finally:
             os.close(pidfd)
             os.close(status_r)
         if killed_for:
             for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill()
-                except (ProcessLookupError, PermissionError):
-                    pass
-        # Whatever the program left running dies before its outputs are read.
-        _kill_all(_descendants({pid} | spare))
         if status is None:
             _, wait_status = os.waitpid(pid, 0)
             code = os.waitstatus_to_exitcode(wait_status)
         else:
             code = status  # reaped before the next program: its address space is torn down meanwhile
+        # Whatever the program left running dies before its outputs are read. The program's own
+        # process is not waited for when it reported its status: its teardown overlaps the reply.
+        _kill_until_gone(spare, {pid} if status is not None else set())
         seconds = time.monotonic() - start
-        reply: dict[str, Any] = {"id": req["id"], "timed_out": killed_for == "timeout", "seconds": seconds,
-                                 "killed_for": killed_for if killed_for != "timeout" else None}
+        reply: dict[str, Any] = {
+            "id": req["id"],
+            "timed_out": killed_for == "timeout",
+            "seconds": seconds,
+            "killed_for": killed_for if killed_for != "timeout" else None,
+        }
         if code == TASK_EXIT_SETUP_FAILED:
             reply["setup_failed"] = True
         elif code < 0:
@@ -340,8 +361,9 @@ class Runner:
             reply["returncode"] = code
         return reply
 
-    def _watch(self, pidfd: int, status_r: int, deadline: float, max_processes: int,
-               spare: set[int]) -> tuple[str | None, int | None]:
+    def _watch(
+        self, pidfd: int, status_r: int, deadline: float, max_processes: int, spare: set[int]
+    ) -> tuple[str | None, int | None]:
         """(kill reason, exit status reported by the program) once it ends or must be killed."""
         while True:
             remaining = deadline - time.monotonic()
@@ -403,7 +425,7 @@ def main() -> None:
     config = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     # Workers may share a scratch root (levels without a private tmpfs): each works in its own
     # directory, entered before the root is masked, and reached only through its cwd afterwards.
-    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"
+    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"  # noqa: S108 - a private tmpfs
     own = os.path.join(root, f"worker-{os.getpid()}-{time.time_ns()}")
     os.makedirs(own, mode=0o700, exist_ok=True)
     os.chdir(own)

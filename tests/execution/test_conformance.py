@@ -17,17 +17,23 @@ from scicode.codec import FrameReader
 from scicode.execution import ExecutorOptions, StepProgram, make_executor
 from scicode.execution.isolation import probe
 
-LEVELS = [name for name in ("bwrap", "unshare", "none") if name in probe(os.environ.get("SCICODE_SANDBOX_PYTHON") or __import__("sys").executable)]
+LEVELS = [
+    name
+    for name in ("bwrap", "unshare", "none")
+    if name in probe(os.environ.get("SCICODE_SANDBOX_PYTHON") or __import__("sys").executable)
+]
 CONFIGS = [(level, mode) for level in LEVELS for mode in ("warm", "fresh")]
 #: Known gaps, documented in the README's isolation table: the weakest level has no namespaces.
 KNOWN_FAILURES = {("none", "network")}
 
 
-@pytest.fixture(scope="module", params=CONFIGS, ids=[f"{l}-{m}" for l, m in CONFIGS])
+@pytest.fixture(scope="module", params=CONFIGS, ids=[f"{lv}-{m}" for lv, m in CONFIGS])
 async def ex(request):
     level, mode = request.param
-    executor = make_executor("local", ExecutorOptions(concurrency=2, memory_mb=1024, output_mb=8,
-                                                      extra={"isolation": level, "worker_mode": mode}))
+    executor = make_executor(
+        "local",
+        ExecutorOptions(concurrency=2, memory_mb=1024, output_mb=8, extra={"isolation": level, "worker_mode": mode}),
+    )
     executor.level = level  # type: ignore[attr-defined]
     yield executor
     await executor.aclose()
@@ -105,11 +111,7 @@ async def test_no_network(ex) -> None:
     server.listen(1)
     port = server.getsockname()[1]
     try:
-        source = (
-            "import socket\n"
-            f"s = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
-            "print('CONNECTED')\n"
-        )
+        source = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\nprint('CONNECTED')\n"
         r = await ex.run(program(source), timeout=20)
     finally:
         server.close()
@@ -120,13 +122,23 @@ async def test_no_network(ex) -> None:
 
 async def test_concurrent_tasks_do_not_mix(ex) -> None:
     tags = [uuid.uuid4().hex for _ in range(6)]
-    progs = [program(f"import time\ntime.sleep(0.2)\nopen('mine.txt', 'w').write('{t}')\n"
-                     f"time.sleep(0.2)\nprint(open('mine.txt').read())\n") for t in tags]
+    progs = [
+        program(
+            f"import time\ntime.sleep(0.2)\nopen('mine.txt', 'w').write('{t}')\n"
+            f"time.sleep(0.2)\nprint(open('mine.txt').read())\n"
+        )
+        for t in tags
+    ]
     results = await asyncio.gather(*(ex.run(p, timeout=30) for p in progs))
     assert [r.stdout.strip() for r in results] == tags
 
 
 async def test_environment_is_scrubbed(ex, monkeypatch) -> None:
-    r = await ex.run(program("import os\nprint(sorted(k for k in os.environ if 'KEY' in k or 'TOKEN' in k))\n"
-                             "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"), timeout=30)
+    r = await ex.run(
+        program(
+            "import os\nprint(sorted(k for k in os.environ if 'KEY' in k or 'TOKEN' in k))\n"
+            "print(os.environ.get('OPENBLAS_NUM_THREADS'))\n"
+        ),
+        timeout=30,
+    )
     assert r.stdout.splitlines() == ["[]", "1"]

@@ -20,7 +20,7 @@ class FileServer(LocalServer):
             def log_message(self, *args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 rng = self.headers.get("Range")
                 server.ranges.append(rng)
                 start = int(rng.split("=")[1].split("-")[0]) if rng else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 import re
 
-HELPERS = '''
+HELPERS = """
 def _mut_map(x, f):
     if isinstance(x, tuple):
         return tuple(_mut_map(v, f) for v in x)
@@ -21,7 +21,7 @@ def _mut_map(x, f):
         return f(x)
     except Exception:
         return x
-'''
+"""
 
 RETURN_WRAPPERS = {
     "sign_flip": "_mut_map({}, lambda v: -v)",
@@ -43,15 +43,15 @@ class _Returns(ast.NodeTransformer):
     def __init__(self, wrapper: str) -> None:
         self.wrapper = wrapper
 
-    def visit_FunctionDef(self, node):  # noqa: N802 - nested functions keep their returns
+    def visit_FunctionDef(self, node):
         return node
 
-    visit_AsyncFunctionDef = visit_FunctionDef  # noqa: N815
+    visit_AsyncFunctionDef = visit_FunctionDef
 
-    def visit_Lambda(self, node):  # noqa: N802
+    def visit_Lambda(self, node):
         return node
 
-    def visit_Return(self, node):  # noqa: N802
+    def visit_Return(self, node):
         value = ast.unparse(node.value) if node.value is not None else "None"
         node.value = ast.parse(self.wrapper.format(f"({value})"), mode="eval").body
         return node

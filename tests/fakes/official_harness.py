@@ -19,7 +19,7 @@ import h5py
 
 import scicode.compare.cmp as our_cmp
 
-DECODER = '''
+DECODER = """
 import h5py
 import scipy.sparse
 
@@ -69,7 +69,7 @@ def process_hdf5_to_tuple(step_id, test_num, h5py_file="eval/data/test_data.h5")
             keys = list(group.keys())
             out.append(_value(group[keys[0]]) if len(keys) == 1 else tuple(_value(group[x]) for x in keys))
     return out
-'''
+"""
 
 
 def make_root(root: Path, step_files: Sequence[Path]) -> Path:
@@ -106,8 +106,14 @@ def run(root: Path, name: str, source: str, timeout: float = 300) -> bool:
     path = root / "tmp" / f"{name}.py"
     path.parent.mkdir(exist_ok=True)
     path.write_text(source)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(root / "official"), "OPENBLAS_NUM_THREADS": "1",
-           "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg", "HOME": str(root)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(root / "official"),
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+        "HOME": str(root),
+    }
     try:
         result = subprocess.run([sys.executable, str(path)], cwd=root, env=env, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
