@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument(
         "results", type=Path, help="scicode run's results.json, vf-eval's results.jsonl, or a directory"
     )
+    report.add_argument(
+        "--html", type=Path, help="where to write the HTML report (default: report.html beside the results)"
+    )
 
     targets = sub.add_parser("targets", help="fetch, build or compare targets")
     tsub = targets.add_subparsers(dest="action", required=True)
@@ -78,10 +81,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             return asyncio.run(_check(args))
         if args.command == "report":
-            return _report(args.results)
+            return _report(args.results, args.html)
         if args.command == "targets":
             return asyncio.run(_targets(args))
-    except SciCodeError as e:
+    except (SciCodeError, FileNotFoundError) as e:
         print(f"scicode: error: {e}", file=sys.stderr)
         return 2
     return 1
@@ -186,11 +189,16 @@ def _jsonable(value: Any) -> Any:
     return None if value is None else str(value)
 
 
-def _report(path: Path) -> int:
-    from scicode.report import load_run
+def _report(path: Path, html_path: Path | None) -> int:
+    from scicode.report import load_run, results_file
+    from scicode.report_html import render
 
-    records = load_run(path)
+    source = results_file(path)
+    records = load_run(source)
     print(format_summary(by_split(records)))
+    out = html_path or source.parent / "report.html"
+    out.write_text(render(records, title=f"SciCode: {source.parent.name}"), encoding="utf-8")
+    print(f"HTML report: {out}")
     return 0
 
 

@@ -177,9 +177,11 @@ class SciCodeEnv(vf.MultiTurnEnv):
             verdict = verdicts.get(step.step_id) or StepVerdict(
                 step.step_id, False, FailureKind.NO_CODE, "the rollout ended before this step was answered", 0.0
             )
-            records.append({**verdict.to_dict(), "code": sc["codes"][i] or ""})
+            records.append({"problem_id": problem.problem_id, **verdict.to_dict(), "code": sc["codes"][i] or ""})
         sc["steps"] = records
         sc["wait_seconds"] = time.monotonic() - start
+        # In `info`, which vf-eval always saves: every run's results.jsonl carries per-step records.
+        state["info"]["scicode_steps"] = records
         sc["isolation"] = getattr(self.scorer.executor, "isolation", self.scorer.executor.name)
         infra = [r for r in records if FailureKind(r["kind"]).is_infrastructure]
         if infra and state.get("error") is None:

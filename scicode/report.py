@@ -171,16 +171,29 @@ def load_run(path: Path) -> list[RolloutRecord]:
     Raises:
         FileNotFoundError: no results file at or under `path`.
     """
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.rglob("results.jsonl")) or sorted(path.rglob("results.json"))
-        if not found:
-            raise FileNotFoundError(f"no results.json or results.jsonl under {path}")
-        path = found[-1]
+    path = results_file(path)
     if path.suffix == ".jsonl":
         return [_vf_record(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     data = json.loads(path.read_text())
     return [RolloutRecord(str(r["problem_id"]), str(r["split"]), tuple(r["steps"])) for r in data["rollouts"]]
+
+
+def results_file(path: Path) -> Path:
+    """The results file at `path`, or the newest under it when it is a directory.
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = sorted(path.rglob("results.jsonl"), key=lambda p: p.stat().st_mtime)
+        found = found or sorted(path.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise FileNotFoundError(f"no results.json or results.jsonl under {path}")
+        return found[-1]
+    if not path.is_file():
+        raise FileNotFoundError(f"no results file at {path}")
+    return path
 
 
 def _vf_record(row: Mapping[str, Any]) -> RolloutRecord:
@@ -190,7 +203,8 @@ def _vf_record(row: Mapping[str, Any]) -> RolloutRecord:
         info = json.loads(info)
     pid = str(sc.get("problem_id") or info.get("problem_id"))
     split = str(sc.get("split") or info.get("split") or "?")
-    if sc.get("steps"):
-        return RolloutRecord(pid, split, tuple(sc["steps"]))
+    steps = sc.get("steps") or info.get("scicode_steps")
+    if steps:
+        return RolloutRecord(pid, split, tuple(steps))
     metrics = row.get("metrics") or row
     return RolloutRecord(pid, split, counts=(int(metrics.get("steps_passed", 0)), int(metrics.get("steps_total", 0))))
