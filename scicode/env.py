@@ -126,7 +126,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
         reply = _text(trajectory_step["completion"])
         sc["codes"][index] = extract_code(reply)
         codes = [c or "" for c in sc["codes"][: index + 1]]
-        task = asyncio.create_task(self.scorer.score(problem, index, codes))
+        task = asyncio.create_task(self.scorer.score(problem, index, codes, session=state["trajectory_id"]))
         self._inflight.setdefault(state["trajectory_id"], []).append(task)
         sc["cursor"] = _next_scored(problem, index + 1)
 
@@ -168,7 +168,10 @@ class SciCodeEnv(vf.MultiTurnEnv):
                 t.cancel()
             return
         start = time.monotonic()
-        verdicts = {v.step_id: v for v in await asyncio.gather(*tasks)}
+        try:
+            verdicts = {v.step_id: v for v in await asyncio.gather(*tasks)}
+        finally:
+            await self.scorer.executor.release(state["trajectory_id"])
         problem = self._problem(state)
         records = []
         for i, step in enumerate(problem.steps):

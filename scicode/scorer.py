@@ -142,7 +142,7 @@ class StepScorer:
         self.targets = targets
         self.options = options
 
-    async def run_program(self, program: StepProgram) -> ExecResult:
+    async def run_program(self, program: StepProgram, session: str | None = None) -> ExecResult:
         """Run a program, retrying sandbox failures with backoff.
 
         Raises:
@@ -152,7 +152,7 @@ class StepScorer:
         suspect = True
         for attempt in range(self.options.infra_retries + 1):
             try:
-                return await self.executor.run(program, timeout=self.options.timeout)
+                return await self.executor.run(program, timeout=self.options.timeout, session=session)
             except SandboxUnavailable as e:
                 suspect = suspect and e.during_program
                 if attempt == self.options.infra_retries:
@@ -161,8 +161,13 @@ class StepScorer:
                 await asyncio.sleep(self.options.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")
 
-    async def score(self, problem: Problem, index: int, codes: Sequence[str]) -> StepVerdict:
-        """The verdict of step `index` of `problem`, whose steps 0..index have `codes`."""
+    async def score(
+        self, problem: Problem, index: int, codes: Sequence[str], *, session: str | None = None
+    ) -> StepVerdict:
+        """The verdict of step `index` of `problem`, whose steps 0..index have `codes`.
+
+        `session` (the rollout) lets remote backends keep a rollout's programs in one sandbox.
+        """
         step = problem.steps[index]
         if not has_code(codes[index]):
             return no_run_verdict(step.step_id, FailureKind.NO_CODE, "the reply contains no code")
@@ -172,7 +177,7 @@ class StepScorer:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
         program = program_for(problem, index, codes)
         try:
-            result = await self.run_program(program)
+            result = await self.run_program(program, session)
         except SandboxUnavailable as e:
             if e.during_program:  # died under this program on every attempt: the program did it
                 return no_run_verdict(

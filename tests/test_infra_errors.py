@@ -21,11 +21,14 @@ class FlakyExecutor:
     def __init__(self, inner, failures: int) -> None:
         self.inner, self.failures, self.calls = inner, failures, 0
 
-    async def run(self, program, *, timeout):
+    async def run(self, program, *, timeout, session=None):
         self.calls += 1
         if self.calls <= self.failures:
             raise SandboxUnavailable("the fake backend is down")
-        return await self.inner.run(program, timeout=timeout)
+        return await self.inner.run(program, timeout=timeout, session=session)
+
+    async def release(self, session) -> None:
+        pass
 
     async def aclose(self) -> None:
         pass

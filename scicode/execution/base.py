@@ -79,8 +79,11 @@ class Executor(Protocol):
 
     name: str
 
-    async def run(self, program: StepProgram, *, timeout: float) -> ExecResult:
+    async def run(self, program: StepProgram, *, timeout: float, session: str | None = None) -> ExecResult:
         """Run a program to completion or until `timeout` seconds pass.
+
+        `session` names the rollout the program belongs to: backends that keep per-rollout
+        sandboxes run a session's programs in the same one until `release(session)`.
 
         Returns an ExecResult whenever the program ran, whatever its outcome (a crash, a non-zero
         exit, a timeout with `timed_out=True`).
@@ -88,6 +91,10 @@ class Executor(Protocol):
         Raises:
             SandboxUnavailable: the backend could not run it (not the program's fault).
         """
+        ...
+
+    async def release(self, session: str) -> None:
+        """The rollout `session` ended: free what it held (a no-op for pooled backends)."""
         ...
 
     async def aclose(self) -> None:

@@ -246,8 +246,11 @@ class LocalExecutor:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def run(self, program: StepProgram, *, timeout: float) -> ExecResult:
-        """Run one program in an idle worker (see `Executor.run`)."""
+    async def release(self, session: str) -> None:
+        """Workers are shared by all rollouts: nothing to release."""
+
+    async def run(self, program: StepProgram, *, timeout: float, session: str | None = None) -> ExecResult:
+        """Run one program in an idle worker (see `Executor.run`; `session` is not needed here)."""
         if self._closed:
             raise SandboxUnavailable("the local executor is closed")
         await self._ensure_started()

@@ -20,6 +20,7 @@ FILES = (
     "runtime/__init__.py",
     "runtime/probe.py",
     "runtime/worker.py",
+    "runtime/remote.py",
     "compare/__init__.py",
     "compare/cmp.py",
 )
@@ -32,6 +33,11 @@ def write_payload(directory: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_PACKAGE / rel, dest)
     return directory
+
+
+def payload_files() -> dict[str, bytes]:
+    """The payload's files, by path under the payload root (`scicode/...`)."""
+    return {f"scicode/{rel}": (_PACKAGE / rel).read_bytes() for rel in FILES}
 
 
 def payload_tar() -> bytes:

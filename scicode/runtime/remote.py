@@ -1,0 +1,34 @@
+"""The one-shot driver for remote sandboxes: run one step program, print one JSON line.
+
+    python -m scicode.runtime.remote '{"dir": ..., "timeout": ..., "memory_bytes": ..., ...}'
+
+It runs the program exactly as a local worker does in `fresh` mode (a new interpreter, its own
+session, no capabilities, limits, every descendant killed after it), then prints the same reply a
+worker sends: exit status, timing, the probe bytes (base64) and output tails. The remote backend
+calls it with one command per step, so a step costs one upload and one command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, run_task
+
+MARKER = "SCICODE-RESULT "
+
+
+def main() -> None:
+    """Run the program in the given directory and print the reply after a marker."""
+    req = json.loads(sys.argv[1])
+    task_dir = req.pop("dir")
+    with open(os.path.join(task_dir, "program.py"), encoding="utf-8", errors="surrogateescape") as f:
+        req["source"] = f.read()
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    reply = run_task(Runner("fresh"), dict(req, id=0), os.path.dirname(task_dir) or ".")
+    sys.stdout.write(MARKER + json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    main()
