@@ -12,7 +12,7 @@ from scicode.errors import ConfigError
 #: Backend name -> module that registers it (imported on first use: heavy clients load lazily).
 _BACKEND_MODULES = {
     "local": "scicode.execution.local",
-    "docker": "scicode.execution.docker",
+    "docker": "scicode.execution.docker_backend",
     "prime": "scicode.execution.prime",
 }
 _INSTALL_HINTS = {"prime": "pip install 'scicode[prime]'", "docker": "pip install 'scicode[docker]'"}
