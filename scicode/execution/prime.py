@@ -70,9 +70,13 @@ class PrimeOptions:
     output_mb: int
     max_processes: int
     bootstrap: bool
+    python: str = "python"
+    """The sandbox image's interpreter."""
     ready_timeout: float = 600.0
     api_retries: int = 3
     backoff: float = 1.0
+    command_margin: float = COMMAND_MARGIN
+    """Seconds the client waits beyond the program's timeout before calling the sandbox hung."""
 
     @classmethod
     def from_options(cls, options: ExecutorOptions) -> PrimeOptions:
@@ -95,9 +99,11 @@ class PrimeOptions:
             output_mb=int(options.output_mb),
             max_processes=int(options.max_processes),
             bootstrap=bool(extra.get("bootstrap", image == DEFAULT_IMAGE)),
+            python=str(extra.get("remote_python") or "python"),
             ready_timeout=float(extra.get("ready_timeout", 600.0)),  # type: ignore[arg-type]
             api_retries=int(extra.get("api_retries", 3)),  # type: ignore[call-overload]
             backoff=float(extra.get("backoff", 1.0)),  # type: ignore[arg-type]
+            command_margin=float(extra.get("command_margin", COMMAND_MARGIN)),  # type: ignore[arg-type]
         )
         if min(opts.cpu_cores, opts.memory_gb, opts.disk_gb) <= 0 or opts.max_sandboxes < 1:
             raise ConfigError("sandbox_cpu_cores, sandbox_memory_gb, sandbox_disk_gb and concurrency must be positive")
@@ -111,6 +117,8 @@ class _Sandbox:
     has_runtime: bool = False
     dead: bool = False
     steps: int = 0
+    holds_slot: bool = False
+    """True while it counts against the pool's size (taken, and not yet given back)."""
 
 
 def _is_gone(error: BaseException) -> bool:
@@ -140,6 +148,7 @@ class PrimeExecutor:
         self._idle: list[_Sandbox] = []
         self._sessions: dict[str, _Sandbox] = {}
         self._slots: asyncio.Semaphore | None = None
+        self._session_locks: dict[str, asyncio.Lock] = {}
         self._counter = 0
         self._closed = False
         self._payload = self._payload_files()
@@ -175,7 +184,7 @@ class PrimeExecutor:
         if self._client is None or self._loop is not loop:
             self._client, self._loop = AsyncSandboxClient(), loop
             self._slots = asyncio.Semaphore(self.options.max_sandboxes)
-            self._idle, self._sessions = [], {}
+            self._idle, self._sessions, self._session_locks = [], {}, {}
             for sandbox in self._all.values():  # locks belong to the old loop: fresh records
                 sandbox.lock = asyncio.Lock()
                 self._idle.append(sandbox)
@@ -213,9 +222,23 @@ class PrimeExecutor:
     # -- sandboxes -------------------------------------------------------------------------------
 
     async def _acquire(self, session: str | None) -> _Sandbox:
-        """The session's sandbox, else an idle one, else a new one (waiting for a free slot)."""
-        if session is not None and session in self._sessions and not self._sessions[session].dead:
-            return self._sessions[session]
+        """The session's sandbox, else an idle one, else a new one (waiting for a free slot).
+
+        A session's concurrent steps wait for one assignment: a rollout holds one slot at most,
+        so rollouts waiting for a slot always wait on rollouts that can finish.
+        """
+        if session is None:
+            return await self._take()
+        lock = self._session_locks.setdefault(session, asyncio.Lock())
+        async with lock:
+            current = self._sessions.get(session)
+            if current is not None and not current.dead:
+                return current
+            sandbox = await self._take()
+            self._sessions[session] = sandbox
+            return sandbox
+
+    async def _take(self) -> _Sandbox:
         assert self._slots is not None
         await self._slots.acquire()
         try:
@@ -223,12 +246,15 @@ class PrimeExecutor:
         except BaseException:
             self._slots.release()
             raise
-        if session is not None:
-            self._sessions[session] = sandbox
+        sandbox.holds_slot = True
         return sandbox
 
     def _give_back(self, sandbox: _Sandbox) -> None:
+        """Return a sandbox's slot (once), and the sandbox itself to the pool if it still runs."""
         assert self._slots is not None
+        if not sandbox.holds_slot:
+            return
+        sandbox.holds_slot = False
         if not sandbox.dead:
             self._idle.append(sandbox)
         self._slots.release()
@@ -236,6 +262,7 @@ class PrimeExecutor:
     async def release(self, session: str) -> None:
         """A rollout ended: its sandbox goes back to the pool."""
         sandbox = self._sessions.pop(session, None)
+        self._session_locks.pop(session, None)
         if sandbox is not None:
             async with sandbox.lock:
                 self._give_back(sandbox)
@@ -320,11 +347,13 @@ class PrimeExecutor:
         sandbox = await self._acquire(session)
         try:
             async with sandbox.lock:
+                if sandbox.dead:  # it died under another step of this rollout
+                    raise SandboxUnavailable(f"sandbox {sandbox.id} is gone", during_program=False)
                 return await self._run_in(sandbox, program, timeout)
         finally:
             if session is None or sandbox.dead:
-                if session is not None:
-                    self._sessions.pop(session, None)
+                if session is not None and self._sessions.get(session) is sandbox:
+                    del self._sessions[session]
                 self._give_back(sandbox)
 
     async def _run_in(self, sandbox: _Sandbox, program: StepProgram, timeout: float) -> ExecResult:
@@ -339,7 +368,8 @@ class PrimeExecutor:
             lambda: client.upload_bytes(sandbox.id, bundle, data, "bundle.tar.gz"), "upload a program", sandbox
         )
         command = self._command(bundle, task, timeout)
-        limit = int(timeout + COMMAND_MARGIN + (BOOTSTRAP_SECONDS if not sandbox.has_runtime else 0))
+        bootstrap = BOOTSTRAP_SECONDS if self.options.bootstrap and not sandbox.has_runtime else 0
+        limit = int(timeout + self.options.command_margin + bootstrap)
         try:
             response = await client.execute_command(sandbox.id, command, timeout=limit)
         except CommandTimeoutError as e:
@@ -375,8 +405,13 @@ class PrimeExecutor:
         return buf.getvalue()
 
     def _command(self, bundle: str, task: str, timeout: float) -> str:
+        """The step's shell command.
+
+        Paths go through `$SANDBOX_ROOT` (unset in a real sandbox) so that a local stand-in of the
+        service can run it under a directory of its own.
+        """
         req = {
-            "dir": task,
+            "dir": task[len(ROOT) + 1 :],
             "timeout": float(timeout),
             "memory_bytes": self.options.memory_mb << 20,
             "output_bytes": self.options.output_mb << 20,
@@ -384,7 +419,6 @@ class PrimeExecutor:
             "env": {
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
                 "LANG": "C.UTF-8",
-                "PYTHONPATH": f"{ROOT}/payload",
                 "PYTHONDONTWRITEBYTECODE": "1",
                 "MPLBACKEND": "Agg",
                 "OPENBLAS_NUM_THREADS": "1",
@@ -392,17 +426,18 @@ class PrimeExecutor:
                 "MKL_NUM_THREADS": "1",
             },
         }
-        log = f"{ROOT}/bootstrap.log"
+        python = shlex.quote(self.options.python)
         bootstrap = (
-            f"if [ ! -f {ROOT}/.stack ]; then python -m pip install -q --no-cache-dir -r {ROOT}/requirements.txt "
-            f"> {log} 2>&1 || {{ tail -c 2000 {log} >&2; exit 97; }}; touch {ROOT}/.stack; fi; "
+            f'if [ ! -f "$R/.stack" ]; then {python} -m pip install -q --no-cache-dir -r "$R/requirements.txt" '
+            f'> "$R/bootstrap.log" 2>&1 || {{ tail -c 2000 "$R/bootstrap.log" >&2; exit 97; }}; touch "$R/.stack"; fi; '
             if self.options.bootstrap
             else ""
         )
         return (
-            f"set -e; mkdir -p {ROOT}; tar -xzf {bundle} -C {ROOT}; rm -f {bundle}; {bootstrap}"
-            f"cd {ROOT}; PYTHONPATH={ROOT}/payload timeout -k 5 {int(timeout) + 30} "
-            f"python -m scicode.runtime.remote {shlex.quote(json.dumps(req))}"
+            f'set -e; R="${{SANDBOX_ROOT:-}}{ROOT}"; mkdir -p "$R"; tar -xzf "${{SANDBOX_ROOT:-}}{bundle}" -C "$R"; '
+            f'rm -f "${{SANDBOX_ROOT:-}}{bundle}"; {bootstrap}cd "$R"; '
+            f'SCICODE_ROOT="$R" PYTHONPATH="$R/payload" timeout -k 5 {int(timeout) + 30} '
+            f"{python} -m scicode.runtime.remote {shlex.quote(json.dumps(req))}"
         )
 
     def _parse(self, response: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The one-shot driver for remote sandboxes: run one step program, print one JSON line.
 
-    python -m scicode.runtime.remote '{"dir": ..., "timeout": ..., "memory_bytes": ..., ...}'
+    SCICODE_ROOT=/scicode python -m scicode.runtime.remote '{"dir": "tasks/t1", "timeout": ..., ...}'
 
 It runs the program exactly as a local worker does in `fresh` mode (a new interpreter, its own
 session, no capabilities, limits, every descendant killed after it), then prints the same reply a
@@ -22,7 +22,10 @@ MARKER = "SCICODE-RESULT "
 def main() -> None:
     """Run the program in the given directory and print the reply after a marker."""
     req = json.loads(sys.argv[1])
-    task_dir = req.pop("dir")
+    # Paths are relative to the runtime's root, so the same command works wherever it is mounted.
+    root = os.environ.get("SCICODE_ROOT", os.getcwd())
+    task_dir = os.path.join(root, req.pop("dir"))
+    req["env"] = dict(req.get("env", {}), PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     with open(os.path.join(task_dir, "program.py"), encoding="utf-8", errors="surrogateescape") as f:
         req["source"] = f.read()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
