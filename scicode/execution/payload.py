@@ -16,6 +16,7 @@ from pathlib import Path
 _PACKAGE = Path(__file__).resolve().parent.parent
 FILES = (
     "__init__.py",
+    "api.py",
     "codec.py",
     "runtime/__init__.py",
     "runtime/probe.py",
