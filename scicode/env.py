@@ -33,7 +33,7 @@ from scicode.execution import ExecutorOptions, make_executor
 from scicode.parser import SciCodeParser, extract_code
 from scicode.prompts import step_prompt
 from scicode.rubric import SciCodeRubric
-from scicode.scorer import ScoringOptions, StepScorer
+from scicode.scorer import ScoringOptions, StepScorer, step_records
 from scicode.target_sources import resolve_targets
 from scicode.verdict import FailureKind, StepVerdict
 
@@ -173,14 +173,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
         finally:
             await self.scorer.executor.release(state["trajectory_id"])
         problem = self._problem(state)
-        records = []
-        for i, step in enumerate(problem.steps):
-            if step.given:
-                continue
-            verdict = verdicts.get(step.step_id) or StepVerdict(
-                step.step_id, False, FailureKind.NO_CODE, "the rollout ended before this step was answered", 0.0
-            )
-            records.append({"problem_id": problem.problem_id, **verdict.to_dict(), "code": sc["codes"][i] or ""})
+        records = step_records(problem, verdicts, sc["codes"])
         sc["steps"] = records
         sc["wait_seconds"] = time.monotonic() - start
         # In `info`, which vf-eval always saves: every run's results.jsonl carries per-step records.

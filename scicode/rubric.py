@@ -13,6 +13,7 @@ from typing import Any
 
 import verifiers as vf
 
+from scicode import scores
 from scicode.verdict import FailureKind
 
 
@@ -21,7 +22,7 @@ def _steps(state: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _count(state: dict[str, Any], kind: FailureKind) -> float:
-    return float(sum(1 for s in _steps(state) if s["kind"] == kind))
+    return scores.kind_count(_steps(state), kind)
 
 
 class SciCodeRubric(vf.Rubric):
@@ -49,25 +50,23 @@ class SciCodeRubric(vf.Rubric):
 
     async def subproblem_score(self, state: dict[str, Any]) -> float:
         """Fraction of the problem's scored steps that pass."""
-        steps = _steps(state)
-        return sum(s["passed"] for s in steps) / len(steps) if steps else 0.0
+        return scores.subproblem_score(_steps(state))
 
     async def main_problem_score(self, state: dict[str, Any]) -> float:
         """1.0 iff every scored step passes."""
-        steps = _steps(state)
-        return float(bool(steps) and all(s["passed"] for s in steps))
+        return scores.main_problem_score(_steps(state))
 
     async def steps_passed(self, state: dict[str, Any]) -> float:
         """Scored steps that pass."""
-        return float(sum(s["passed"] for s in _steps(state)))
+        return scores.steps_passed(_steps(state))
 
     async def steps_total(self, state: dict[str, Any]) -> float:
         """Scored steps of the problem."""
-        return float(len(_steps(state)))
+        return scores.steps_total(_steps(state))
 
     async def seconds_executing(self, state: dict[str, Any]) -> float:
         """Wall seconds of this rollout's step programs."""
-        return float(sum(s["seconds"] for s in _steps(state)))
+        return scores.seconds_executing(_steps(state))
 
     async def no_code(self, state: dict[str, Any]) -> float:
         """Steps whose reply had no code."""

@@ -198,3 +198,18 @@ class StepScorer:
             )
         except TargetsError as e:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
+
+
+def step_records(
+    problem: Problem, verdicts: dict[str, StepVerdict], codes: Sequence[str | None]
+) -> list[dict[str, Any]]:
+    """The rollout's record of every scored step, in order (unanswered steps are `no_code`)."""
+    records = []
+    for i, step in enumerate(problem.steps):
+        if step.given:
+            continue
+        verdict = verdicts.get(step.step_id) or StepVerdict(
+            step.step_id, False, FailureKind.NO_CODE, "the rollout ended before this step was answered", 0.0
+        )
+        records.append({"problem_id": problem.problem_id, **verdict.to_dict(), "code": codes[i] or ""})
+    return records
