@@ -34,10 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scicode.dataset import load_problems
-from scicode.env import load_environment
-from scicode.execution import StepProgram
+from scicode.execution import ExecutorOptions, StepProgram, make_executor
 from scicode.policies import GoldPolicy
+from scicode.runner import run_policy
 from scicode.scorer import program_for
+from scicode.target_sources import resolve_targets
 from tests.fakes import official_harness
 
 HEAVY = {"51.4", "47.4", "10.11", "49.4"}
@@ -118,15 +119,17 @@ class SomeGold(GoldPolicy):
 async def ours_end_to_end(problems: list, steps: set[str], workers: int) -> tuple[float, int]:
     """Score the gold answers to `steps` through the environment; (wall seconds, steps passed)."""
     ids = sorted({sid.split(".")[0] for sid in steps}, key=int)
-    env = load_environment(split="validation", problems=ids, dataset_source="bundled", max_concurrent_steps=workers)
-    executor = env.scorer.executor
-    await executor.run(StepProgram("warmup", "pass"), timeout=30)  # workers up before timing
+    env_args = {"split": "validation", "problems": ids, "dataset_source": "bundled", "max_concurrent_steps": workers}
     policy = SomeGold([p for p in problems if p.problem_id in ids], steps)
-    start = time.perf_counter()
-    out = await env.evaluate(client=policy, model="gold", state_columns=["scicode"], max_concurrent=-1)
-    wall = time.perf_counter() - start
-    await executor.aclose()
-    passed = sum(s["passed"] for o in out["outputs"] for s in o["scicode"]["steps"] if s["step_id"] in steps)
+    clock: list[float] = []
+
+    async def warm_then_start(scorer) -> None:
+        await scorer.executor.run(StepProgram("warmup", "pass"), timeout=30)  # workers up before timing
+        clock.append(time.perf_counter())
+
+    result = await run_policy(policy, env_args, setup=warm_then_start)
+    wall = time.perf_counter() - clock[0]
+    passed = sum(s["passed"] for o in result.outcomes for s in o.steps if s["step_id"] in steps)
     return wall, passed
 
 
@@ -147,8 +150,7 @@ def official_way(problems: list, steps: set[str], workers: int, root: Path) -> t
 
 
 async def overhead(repeat: int, workers: int) -> list[float]:
-    env = load_environment(split="validation", problems=["1"], dataset_source="bundled", max_concurrent_steps=workers)
-    executor = env.scorer.executor
+    executor = make_executor("local", ExecutorOptions(concurrency=workers))
     empty = StepProgram("empty", "pass\n")
     await executor.run(empty, timeout=30)
     times = []
@@ -171,12 +173,9 @@ async def main() -> None:
     scored = {s.step_id for p in problems for s in p.scored_steps}
     light = scored - HEAVY
 
-    env = load_environment(split="validation", dataset_source="bundled")  # derive targets if needed
-    from scicode.cli import _derive_all
-
-    await _derive_all(env.scorer, [(p, s) for p in problems for s in p.scored_steps])
-    await env.scorer.executor.aclose()
-    derived = env.scorer.targets.derived
+    subprocess.run([sys.executable, "-m", "scicode", "targets", "build"], check=True)  # derive if not cached
+    derived = resolve_targets("auto", problems)[0].derived
+    assert derived is not None
     root = official_harness.make_root(
         Path(tempfile.mkdtemp(prefix="scicode-bench-")), [derived.path(s) for s in sorted(scored)]
     )

@@ -91,54 +91,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from scicode.env import load_environment
+    from scicode.dataset import load_problems
     from scicode.policies import make_policy
+    from scicode.runner import records, run_policy
 
     env_args: dict[str, Any] = json.loads(args.env_args)
     env_args.setdefault("split", args.split)
     if args.problems:
         env_args["problems"] = args.problems
-    env = load_environment(**env_args)
-    policy = make_policy(args.policy, list(env.problems.values()))
-    executor = env.scorer.executor
-    print(
-        f"scicode {__version__}: policy={args.policy} split={env_args['split']} problems={len(env.problems)} "
-        f"sandbox={executor.name}",
-        flush=True,
+    selected = load_problems(
+        split=env_args["split"],
+        problems=tuple(env_args.get("problems") or ()),
+        source=env_args.get("dataset_source", "auto"),
     )
+    policy = make_policy(args.policy, selected)
+    print(f"scicode {__version__}: policy={args.policy} split={env_args['split']} problems={len(selected)}", flush=True)
     start = time.monotonic()
-    try:
-        out = await env.evaluate(
-            client=policy,
-            model=policy.name,
-            rollouts_per_example=args.rollouts,
-            max_concurrent=args.max_concurrent,
-            state_columns=["scicode"],
-        )
-    finally:
-        described = executor.describe()
-        await executor.aclose()
+    result = await run_policy(policy, env_args, rollouts=args.rollouts, max_concurrent=args.max_concurrent)
     wall = time.monotonic() - start
-    records = [_record(o) for o in out["outputs"]]
+    recs = records(result.outcomes)
     if not args.quiet:
-        for r in sorted(records, key=lambda r: (r.split, int(r.problem_id) if r.problem_id.isdigit() else 0)):
+        for r in sorted(recs, key=lambda r: (r.split, int(r.problem_id) if r.problem_id.isdigit() else 0)):
             print(_problem_line(r))
-    summaries = by_split(records)
-    print(format_summary(summaries))
-    print(f"isolation: {described.get('isolation', '-')}; wall time {wall:.1f} s")
-    path = _save(args, env_args, described, records, out, wall)
+    print(format_summary(by_split(recs)))
+    print(
+        f"sandbox: {result.executor.get('sandbox', '-')}, isolation: {result.executor.get('isolation', '-')}; "
+        f"wall time {wall:.1f} s"
+    )
+    path = _save(args, env_args, result, wall)
     print(f"results: {path}")
     return 0
-
-
-def _record(output: dict[str, Any]) -> RolloutRecord:
-    sc = output.get("scicode") or {}
-    info = output.get("info") or {}
-    return RolloutRecord(
-        problem_id=str(sc.get("problem_id", info.get("problem_id", "?"))),
-        split=str(sc.get("split", info.get("split", "?"))),
-        steps=tuple(sc.get("steps") or ()),
-    )
 
 
 def _problem_line(r: RolloutRecord) -> str:
@@ -148,14 +130,7 @@ def _problem_line(r: RolloutRecord) -> str:
     )
 
 
-def _save(
-    args: argparse.Namespace,
-    env_args: dict[str, Any],
-    executor: dict[str, Any],
-    records: list[RolloutRecord],
-    out: dict[str, Any],
-    wall: float,
-) -> Path:
+def _save(args: argparse.Namespace, env_args: dict[str, Any], result: Any, wall: float) -> Path:
     from scicode.verdict import VERDICT_VERSION
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -167,26 +142,16 @@ def _save(
         "scicode_version": __version__,
         "policy": args.policy,
         "env_args": env_args,
-        "executor": executor,
+        "executor": result.executor,
         "wall_seconds": wall,
         "rollouts": [
-            {
-                "problem_id": r.problem_id,
-                "split": r.split,
-                "reward": o.get("reward"),
-                "error": _jsonable(o.get("error")),
-                "steps": list(r.steps),
-            }
-            for r, o in zip(records, out["outputs"], strict=True)
+            {"problem_id": o.problem_id, "split": o.split, "reward": o.reward, "error": o.error, "steps": o.steps}
+            for o in result.outcomes
         ],
     }
     path = directory / "results.json"
     path.write_text(json.dumps(payload, indent=1, default=str))
     return path
-
-
-def _jsonable(value: Any) -> Any:
-    return None if value is None else str(value)
 
 
 def _report(path: Path, html_path: Path | None) -> int:
@@ -204,25 +169,25 @@ def _report(path: Path, html_path: Path | None) -> int:
 
 async def _check(args: argparse.Namespace) -> int:
     from scicode.dataset import KNOWN_DEFECTS, load_problems
-    from scicode.env import load_environment
+    from scicode.execution import ExecutorOptions, make_executor
     from scicode.policies import GoldPolicy
     from scicode.runnability import check_runnable
+    from scicode.runner import run_policy
 
     env_args = {"split": "validation", **json.loads(args.env_args)}
-    env = load_environment(**env_args)
-    executor = env.scorer.executor
-    print(f"scicode check: sandbox={executor.name}", flush=True)
+    executor = make_executor(env_args.get("sandbox", "local"), ExecutorOptions())
     try:
         unrunnable = await check_runnable(load_problems(split="all", source="bundled"), executor)
-        out = await env.evaluate(
-            client=GoldPolicy(list(env.problems.values())), model="gold", state_columns=["scicode"]
-        )
-        described = executor.describe()
     finally:
         await executor.aclose()
-    steps = [s for o in out["outputs"] for s in (o.get("scicode") or {}).get("steps", [])]
+    result = await run_policy(GoldPolicy(load_problems(split="validation", source="bundled")), env_args)
+    described = result.executor
+    steps = [s for o in result.outcomes for s in o.steps]
     unexpected = [s for s in steps if not s["passed"] and s["step_id"] not in KNOWN_DEFECTS]
-    print(f"isolation: {described.get('isolation', '-')} ({described.get('isolation_notes', '')})")
+    print(
+        f"sandbox: {described.get('sandbox', '-')}, isolation: {described.get('isolation', '-')} "
+        f"({described.get('isolation_notes', '')})"
+    )
     print(f"runnable steps: {338 - len(unrunnable)}/338" + "".join(f"\n  {u.step_id}: {u.reason}" for u in unrunnable))
     print(
         f"gold on validation: {sum(s['passed'] for s in steps)}/{len(steps)} steps pass "

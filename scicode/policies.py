@@ -1,22 +1,17 @@
-"""Reference policies: stand-ins for a model, as verifiers clients, for self-tests and baselines.
+"""Reference policies: stand-ins for a model, for self-tests and baselines.
 
 * `gold`: answers each step with its ground-truth code in a ```python block (like inspect's
   `mode=gold`). Validation steps only: the test split has no gold code.
 * `dummy`: answers every step with an empty code block, so every step is `no_code`.
 
-They speak the verifiers `Client` interface, so the environment runs exactly as it does with a
-real model: same prompts, same parser, same turn loop.
+A policy is a function of the prompt. `scicode.policy_server` serves one as an OpenAI-compatible
+endpoint, so the environment runs exactly as it does with a real model, through the real client,
+under either verifiers API.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Sequence
-from typing import Any
-
-from verifiers.legacy.clients.client import Client
-from verifiers.legacy.types import Response, ResponseMessage, Usage
 
 from scicode.dataset import Problem
 from scicode.errors import ConfigError
@@ -26,62 +21,22 @@ _NEXT_STEP_MARKER = "NEXT STEP - PROBLEM"
 _DEPENDENCIES_MARKER = "DEPENDENCIES:"
 
 
-class ReferencePolicy(Client):
-    """A verifiers client whose replies come from a function of the prompt."""
+class ReferencePolicy:
+    """Replies computed from the prompt alone."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(None)
-        self.name = name
-        self.calls = 0
+    name = "reference"
 
     def reply(self, prompt_text: str) -> str:
-        """The reply to one prompt."""
+        """The reply to one prompt (the last user message)."""
         raise NotImplementedError
-
-    def setup_client(self, config: Any) -> None:
-        """No client to set up."""
-        return None
-
-    async def to_native_tool(self, tool: Any) -> Any:
-        """Tools are not used."""
-        return tool
-
-    async def to_native_prompt(self, messages: Any) -> tuple[str, dict]:
-        """The last user message is the whole prompt."""
-        texts = [_content(m) for m in messages if _role(m) == "user"]
-        return (texts[-1] if texts else ""), {}
-
-    async def get_native_response(
-        self, prompt: str, model: str, sampling_args: Any, tools: Any = None, **kwargs: Any
-    ) -> str:
-        """The policy's reply to the prompt."""
-        self.calls += 1
-        return self.reply(prompt)
-
-    async def raise_from_native_response(self, response: str) -> None:
-        """A reference reply is always valid."""
-        return None
-
-    async def from_native_response(self, response: str) -> Response:
-        """The reply as a verifiers Response."""
-        return Response(
-            id=f"{self.name}-{uuid.uuid4().hex[:12]}",
-            created=int(time.time()),
-            model=self.name,
-            usage=Usage(prompt_tokens=0, reasoning_tokens=0, completion_tokens=0, total_tokens=0),
-            message=ResponseMessage(content=response, finish_reason="stop", is_truncated=False),
-        )
-
-    async def close(self) -> None:
-        """Nothing to close."""
-        return None
 
 
 class GoldPolicy(ReferencePolicy):
     """Answers with the ground-truth code of the step the prompt asks for."""
 
+    name = "gold"
+
     def __init__(self, problems: Sequence[Problem]) -> None:
-        super().__init__("gold")
         self._answers: list[tuple[str, str]] = []
         for problem in problems:
             for step in problem.scored_steps:
@@ -104,8 +59,7 @@ class GoldPolicy(ReferencePolicy):
 class DummyPolicy(ReferencePolicy):
     """Answers every step with an empty code block."""
 
-    def __init__(self) -> None:
-        super().__init__("dummy")
+    name = "dummy"
 
     def reply(self, prompt_text: str) -> str:
         """An empty code block."""
@@ -123,14 +77,3 @@ def make_policy(name: str, problems: Sequence[Problem]) -> ReferencePolicy:
     if name == "dummy":
         return DummyPolicy()
     raise ConfigError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")
-
-
-def _role(message: Any) -> str | None:
-    return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-
-
-def _content(message: Any) -> str:
-    content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
-    if isinstance(content, list):
-        return "".join(p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "") for p in content)
-    return content or ""

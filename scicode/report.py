@@ -165,13 +165,17 @@ def format_summary(summaries: Mapping[str, Summary]) -> str:
 def load_run(path: Path) -> list[RolloutRecord]:
     """Rollout records from saved results.
 
-    Reads `scicode run`'s results.json, or vf-eval's results.jsonl (per-step records when saved
-    with `-C scicode`, else the step counts from the metrics).
+    Reads `scicode run`'s results.json, classic vf-eval's results.jsonl (per-step records in
+    `info.scicode_steps`, else the step counts from the metrics), or verifiers 0.4 vf-eval's
+    traces.jsonl (records in each trace's `info.scicode`).
 
     Raises:
         FileNotFoundError: no results file at or under `path`.
     """
     path = results_file(path)
+    if path.name == "traces.jsonl":  # verifiers 0.4: one episode per line, traces inside
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [_v1_record(trace) for row in rows for trace in row.get("traces", [])]
     if path.suffix == ".jsonl":
         return [_vf_record(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
     data = json.loads(path.read_text())
@@ -186,14 +190,21 @@ def results_file(path: Path) -> Path:
     """
     path = Path(path)
     if path.is_dir():
-        found = sorted(path.rglob("results.jsonl"), key=lambda p: p.stat().st_mtime)
-        found = found or sorted(path.rglob("results.json"), key=lambda p: p.stat().st_mtime)
-        if not found:
-            raise FileNotFoundError(f"no results.json or results.jsonl under {path}")
-        return found[-1]
+        for name in ("results.jsonl", "traces.jsonl", "results.json"):
+            found = sorted(path.rglob(name), key=lambda p: p.stat().st_mtime)
+            if found:
+                return found[-1]
+        raise FileNotFoundError(f"no results.json, results.jsonl or traces.jsonl under {path}")
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {path}")
     return path
+
+
+def _v1_record(trace: Mapping[str, Any]) -> RolloutRecord:
+    sc = (trace.get("info") or {}).get("scicode") or {}
+    data = (trace.get("task") or {}).get("data") or {}
+    pid = str(sc.get("problem_id") or data.get("problem_id"))
+    return RolloutRecord(pid, str(sc.get("split") or data.get("split") or "?"), tuple(sc.get("steps") or ()))
 
 
 def _vf_record(row: Mapping[str, Any]) -> RolloutRecord:
