@@ -52,3 +52,15 @@ def scorer(executor, validation) -> StepScorer:
 def gold_codes(problem: Problem, upto: int) -> list[str]:
     """Gold code of steps 0..upto."""
     return [s.gold_code or "" for s in problem.steps[: upto + 1]]
+
+
+@pytest.fixture(scope="session")
+async def derived_targets(scorer, validation) -> None:
+    """Every validation step's targets derived (locally) up front.
+
+    Derivation runs gold code through the configured backend on first use; tests that count what
+    a backend is asked to do request this so derivation is not counted.
+    """
+    for problem in validation.values():
+        for step in problem.scored_steps:
+            await scorer.targets.ensure(problem, step, scorer.run_program, scorer.options.max_probe_bytes)

@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import pytest
 
+pytestmark = pytest.mark.verifiers_api
+
 SCICODE = [sys.executable, "-m", "scicode"]
 
 
@@ -42,8 +44,11 @@ def test_run_and_report(tmp_path) -> None:
 
 
 def test_errors_speak_to_the_user(tmp_path) -> None:
-    proc = run("run", "--split", "test", "-a", json.dumps({"h5py_file": str(tmp_path / "missing.h5")}), check=False)
+    missing = json.dumps({"h5py_file": str(tmp_path / "missing.h5")})
+    proc = run("run", "--policy", "dummy", "--split", "test", "-a", missing, check=False)
     assert proc.returncode == 2 and "scicode: error:" in proc.stderr and "test_data.h5" in proc.stderr
+    proc = run("run", "--split", "test", check=False)  # gold code exists only for validation
+    assert proc.returncode == 2 and "use split='validation'" in proc.stderr
 
 
 def test_targets_build_and_compare(tmp_path) -> None:

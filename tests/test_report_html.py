@@ -18,8 +18,12 @@ def records() -> list[RolloutRecord]:
     return [
         RolloutRecord("10", "validation", (ok, fail)),
         RolloutRecord("10", "validation", (ok, {**fail, "passed": True, "kind": "passed", "detail": ""})),
-        RolloutRecord("1", "validation", ({"step_id": "1.1", "passed": False, "kind": "no_code", "detail": "no code"},)),
-        RolloutRecord("1", "validation", ({"step_id": "1.1", "passed": False, "kind": "no_code", "detail": "no code"},)),
+        RolloutRecord(
+            "1", "validation", ({"step_id": "1.1", "passed": False, "kind": "no_code", "detail": "no code"},)
+        ),
+        RolloutRecord(
+            "1", "validation", ({"step_id": "1.1", "passed": False, "kind": "no_code", "detail": "no code"},)
+        ),
     ]
 
 
@@ -40,18 +44,31 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
     path = tmp_path / "report.html"
     path.write_text(render(records(), title="SciCode test run"), encoding="utf-8")
     cmd = [
-        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri(),
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        path.as_uri(),
     ]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     assert "<title>SciCode test run</title>" in dom
     cells = re.findall(r'<span class="cell" data-step="([^"]+)" data-kind="([^"]+)"', dom)
     assert sorted(cells) == [("1.1", "no_code"), ("10.1", "passed"), ("10.2", "passed")] or sorted(cells) == [
-        ("1.1", "no_code"), ("10.1", "passed"), ("10.2", "wrong_answer")]
+        ("1.1", "no_code"),
+        ("10.1", "passed"),
+        ("10.2", "wrong_answer"),
+    ]
     assert re.search(r'<table class="summary" id="summary">', dom)
     assert re.findall(r'<rect class="bar" data-kind="(\w+)"', dom)
     png = tmp_path / "shot.png"
-    subprocess.run([*cmd[:-2], f"--screenshot={png}", "--window-size=900,700", path.as_uri()],
-                   capture_output=True, timeout=120)
+    subprocess.run(
+        [*cmd[:-2], f"--screenshot={png}", "--window-size=900,700", path.as_uri()], capture_output=True, timeout=120
+    )
     assert png.is_file() and png.stat().st_size > 5000

@@ -26,7 +26,7 @@ def _engine_running() -> bool:
 @pytest.mark.skipif(_engine_running(), reason="a Docker engine is running here")
 def test_missing_engine_is_reported_at_once(monkeypatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(ConfigError, match="needs a running Docker engine.*sandbox='local'"):
+    with pytest.raises(ConfigError, match=r"needs a running Docker engine.*sandbox='local'"):
         make_executor("docker", ExecutorOptions())
 
 

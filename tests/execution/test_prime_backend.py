@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from scicode.env import load_environment
 from scicode.policies import GoldPolicy
+from scicode.runner import run_policy
 from tests.fakes.prime_server import FakePrime
 
 PRIME_ARGS = {
@@ -41,28 +41,32 @@ def fake(monkeypatch, tmp_path):
         yield server
 
 
-def make_env(problems, **extra):
-    env = load_environment(split="validation", problems=problems, max_concurrent_steps=2, **PRIME_ARGS)
-    opts = env.scorer.executor.options
-    object.__setattr__(opts, "python", sys.executable)  # the fake runs commands with this machine's Python
-    object.__setattr__(opts, "backoff", 0.02)
-    object.__setattr__(opts, "command_margin", extra.get("command_margin", 60.0))
-    return env
+def configure(*, command_margin: float = 60.0, wrap=None):
+    """A setup hook: the fake runs commands with this machine's Python; short waits."""
+
+    def setup(scorer) -> None:
+        opts = scorer.executor.options
+        object.__setattr__(opts, "python", sys.executable)
+        object.__setattr__(opts, "backoff", 0.02)
+        object.__setattr__(opts, "command_margin", command_margin)
+        if wrap is not None:
+            wrap(scorer.executor)
+
+    return setup
 
 
-async def evaluate(env, problems):
-    try:
-        out = await env.evaluate(client=GoldPolicy(problems), model="gold", state_columns=["scicode"])
-    finally:
-        await env.scorer.executor.aclose()
-    return out["outputs"]
+async def evaluate(validation, ids, **setup_args):
+    env_args = {**PRIME_ARGS, "split": "validation", "problems": ids, "max_concurrent_steps": 2}
+    result = await run_policy(GoldPolicy([validation[i] for i in ids]), env_args, setup=configure(**setup_args))
+    return result.outcomes
 
 
-async def test_rollouts_score_within_the_api_call_budget(fake, validation) -> None:
+async def test_rollouts_score_within_the_api_call_budget(fake, validation, derived_targets) -> None:
+    # Targets are derived beforehand: deriving them on a fresh machine costs calls once, not per rollout.
     ids = ["1", "3", "29", "38"]  # 1 + 1 + 3 + 3 steps
-    outs = await evaluate(make_env(ids), [validation[i] for i in ids])
-    assert [o["reward"] for o in outs] == [1.0, 1.0, 1.0, 1.0]
-    assert all(o["scicode"]["isolation"].startswith("prime") for o in outs)
+    outs = await evaluate(validation, ids)
+    assert [o.reward for o in outs] == [1.0, 1.0, 1.0, 1.0]
+    assert all(o.isolation.startswith("prime") for o in outs)
     budget = sum(3 + 2 * len(validation[i].scored_steps) for i in ids) + 1  # + the closing label sweep
     assert len(fake.calls) <= budget, fake.calls
     created = fake.count_calls(r"^POST /api/v1/sandbox$")
@@ -83,60 +87,53 @@ FAULTS = {
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
 async def test_service_faults_are_survived(fake, validation, fault) -> None:
     fault(fake)
-    ids = ["1", "29"]
-    outs = await evaluate(make_env(ids), [validation[i] for i in ids])
+    outs = await evaluate(validation, ["1", "29"])
     for o in outs:
-        kinds = {s["kind"] for s in o["scicode"]["steps"]}
-        assert kinds <= {"passed", "sandbox_error"}, o["scicode"]["steps"]
-    assert sum(o["reward"] for o in outs) == 2.0  # retried past the fault
+        assert {s["kind"] for s in o.steps} <= {"passed", "sandbox_error"}, o.steps
+    assert sum(o.reward for o in outs) == 2.0  # retried past the fault
     assert fake.sandboxes == {}
 
 
 async def test_a_sandbox_that_disappears_mid_rollout_is_replaced(fake, validation) -> None:
-    env = make_env(["29"])
-    executor = env.scorer.executor
-    original = executor._run_in
     killed = []
 
-    async def kill_after_first_step(sandbox, program, timeout):
-        result = await original(sandbox, program, timeout)
-        if not killed:
-            killed.append(sandbox.id)
-            fake.kill_sandbox(sandbox.id, remove=True)
-        return result
+    def wrap(executor) -> None:
+        original = executor._run_in
 
-    executor._run_in = kill_after_first_step
-    (out,) = await evaluate(env, [validation["29"]])
-    assert killed and out["reward"] == 1.0
+        async def kill_after_first_step(sandbox, program, timeout):
+            result = await original(sandbox, program, timeout)
+            if not killed:
+                killed.append(sandbox.id)
+                fake.kill_sandbox(sandbox.id, remove=True)
+            return result
+
+        executor._run_in = kill_after_first_step
+
+    (out,) = await evaluate(validation, ["29"], wrap=wrap)
+    assert killed and out.reward == 1.0
     assert fake.count_calls(r"^POST /api/v1/sandbox$") == 2
     assert fake.sandboxes == {}
 
 
 async def test_a_command_that_never_returns(fake, validation) -> None:
     fake.hang_next_command(count=1)
-    env = make_env(["1"], command_margin=2.0)
-    (out,) = await evaluate(env, [validation["1"]])
-    assert out["reward"] == 1.0  # the hung sandbox was replaced and the step retried
+    (out,) = await evaluate(validation, ["1"], command_margin=2.0)
+    assert out.reward == 1.0  # the hung sandbox was replaced and the step retried
     assert fake.sandboxes == {}
 
 
 async def test_persistent_failure_is_a_recorded_sandbox_error(fake, validation) -> None:
     fake.fail_next(r"^POST /api/v1/sandbox$", status=500, count=1000)
-    env = make_env(["1"])
-    (out,) = await evaluate(env, [validation["1"]])
-    assert out["scicode"]["steps"][0]["kind"] == "sandbox_error"
-    assert out["metrics"]["sandbox_error"] == 1.0 and out["error"] is not None
+    (out,) = await evaluate(validation, ["1"])
+    assert out.steps[0]["kind"] == "sandbox_error" and out.error is not None
     assert fake.sandboxes == {}
 
 
 async def test_gold_validation_scores_as_locally(fake, validation) -> None:
     """All 15 validation problems with sandbox='prime': 49 of 50 pass and 78.3 fails, exactly as
     with the local sandbox (tests/test_gold_validation.py)."""
-    ids = sorted(validation, key=int)
-    env = make_env(ids)
-    object.__setattr__(env.scorer.executor.options, "max_sandboxes", 2)
-    outs = await evaluate(env, [validation[i] for i in ids])
-    steps = {s["step_id"]: s for o in outs for s in o["scicode"]["steps"]}
+    outs = await evaluate(validation, sorted(validation, key=int))
+    steps = {s["step_id"]: s for o in outs for s in o.steps}
     assert len(steps) == 50
     failed = {sid: s["kind"] for sid, s in steps.items() if not s["passed"]}
     assert failed == {"78.3": "wrong_answer"}

@@ -30,6 +30,7 @@ paths *inside the command string* are NOT rewritten - use relative paths or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
@@ -45,7 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -57,13 +58,21 @@ USER_NS = "fake-ns"
 START_RPC = "command_session.CommandSession/Start"
 DEAD_STATUSES = ("ERROR", "TERMINATED", "TIMEOUT")
 # HTTP status -> Connect error code, for faults injected on the command stream.
-CONNECT_CODES = {400: "invalid_argument", 401: "unauthenticated", 404: "not_found",
-                 409: "aborted", 429: "resource_exhausted", 500: "internal",
-                 502: "unavailable", 503: "unavailable", 504: "deadline_exceeded"}
+CONNECT_CODES = {
+    400: "invalid_argument",
+    401: "unauthenticated",
+    404: "not_found",
+    409: "aborted",
+    429: "resource_exhausted",
+    500: "internal",
+    502: "unavailable",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 class _Sandbox:
@@ -90,27 +99,42 @@ class _Sandbox:
     def to_json(self) -> dict:
         p, running = self.payload, self.status == "RUNNING"
         return {
-            "id": self.id, "name": p["name"], "dockerImage": p.get("docker_image") or "",
-            "startCommand": p.get("start_command"), "cpuCores": p.get("cpu_cores", 1.0),
-            "memoryGB": p.get("memory_gb", 1.0), "diskSizeGB": p.get("disk_size_gb", 5.0),
-            "diskMountPath": "/", "gpuCount": p.get("gpu_count", 0),
-            "gpuType": p.get("gpu_type"), "vm": bool(p.get("vm", True)),
+            "id": self.id,
+            "name": p["name"],
+            "dockerImage": p.get("docker_image") or "",
+            "startCommand": p.get("start_command"),
+            "cpuCores": p.get("cpu_cores", 1.0),
+            "memoryGB": p.get("memory_gb", 1.0),
+            "diskSizeGB": p.get("disk_size_gb", 5.0),
+            "diskMountPath": "/",
+            "gpuCount": p.get("gpu_count", 0),
+            "gpuType": p.get("gpu_type"),
+            "vm": bool(p.get("vm", True)),
             "networkAllowlist": p.get("network_allowlist"),
-            "networkDenylist": p.get("network_denylist"), "status": self.status,
+            "networkDenylist": p.get("network_denylist"),
+            "status": self.status,
             "timeoutMinutes": p.get("timeout_minutes", 60),
             "idleTimeoutMinutes": p.get("idle_timeout_minutes"),
             "environmentVars": p.get("environment_vars"),
             "secrets": {k: "***" for k in p["secrets"]} if p.get("secrets") else None,
-            "labels": list(p.get("labels") or []), "createdAt": _iso(self.created),
+            "labels": list(p.get("labels") or []),
+            "createdAt": _iso(self.created),
             "updatedAt": _iso(time.time()),
             "startedAt": _iso(self.ready_at) if running else None,
-            "errorType": self.error_type, "errorMessage": self.error_message,
-            "teamId": p.get("team_id"), "region": p.get("region"),
+            "errorType": self.error_type,
+            "errorMessage": self.error_message,
+            "teamId": p.get("team_id"),
+            "region": p.get("region"),
         }
 
     def auth(self, gateway_url: str) -> dict:
-        return {"gateway_url": gateway_url, "user_ns": USER_NS, "job_id": self.id,
-                "token": self.token, "expires_at": _iso(time.time() + 3600)}
+        return {
+            "gateway_url": gateway_url,
+            "user_ns": USER_NS,
+            "job_id": self.id,
+            "token": self.token,
+            "expires_at": _iso(time.time() + 3600),
+        }
 
     def host_path(self, path: str) -> str:
         """Map a sandbox path to the host (see module docstring)."""
@@ -124,10 +148,8 @@ class _Sandbox:
 
 
 def _killpg(proc: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)  # the command runs in its own session
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class FakePrime:
@@ -141,8 +163,9 @@ class FakePrime:
         read_file_max_bytes: read-file answers 413 above this size.
     """
 
-    def __init__(self, ready_delay: float = 0.0, seed_gateway_auth: bool = True,
-                 read_file_max_bytes: int = 10 * 1024 * 1024):
+    def __init__(
+        self, ready_delay: float = 0.0, seed_gateway_auth: bool = True, read_file_max_bytes: int = 10 * 1024 * 1024
+    ):
         self.ready_delay = ready_delay
         self.seed_gateway_auth = seed_gateway_auth
         self.read_file_max_bytes = read_file_max_bytes
@@ -157,13 +180,12 @@ class FakePrime:
         self.base_url = ""
 
     # ---- lifecycle ----------------------------------------------------------
-    def start(self) -> "FakePrime":
+    def start(self) -> FakePrime:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.daemon_threads = True
         self._server.fake = self  # type: ignore[attr-defined]
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        threading.Thread(target=self._server.serve_forever, daemon=True,
-                         kwargs={"poll_interval": 0.05}).start()
+        threading.Thread(target=self._server.serve_forever, daemon=True, kwargs={"poll_interval": 0.05}).start()
         return self
 
     def stop(self) -> None:
@@ -177,7 +199,7 @@ class FakePrime:
             self._server.shutdown()
             self._server.server_close()
 
-    def __enter__(self) -> "FakePrime":
+    def __enter__(self) -> FakePrime:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -188,14 +210,20 @@ class FakePrime:
     def sandboxes(self) -> dict[str, dict]:
         """Snapshot of live (not deleted/removed) sandboxes, keyed by id."""
         with self._lock:
-            return {sid: {"id": sid, "name": sb.payload["name"],
-                          "labels": list(sb.payload.get("labels") or []),
-                          "status": sb.status, "docker_image": sb.payload.get("docker_image"),
-                          "network_allowlist": sb.payload.get("network_allowlist"),
-                          "network_denylist": sb.payload.get("network_denylist"),
-                          "environment_vars": sb.payload.get("environment_vars"),
-                          "root": sb.root}
-                    for sid, sb in self._boxes.items()}
+            return {
+                sid: {
+                    "id": sid,
+                    "name": sb.payload["name"],
+                    "labels": list(sb.payload.get("labels") or []),
+                    "status": sb.status,
+                    "docker_image": sb.payload.get("docker_image"),
+                    "network_allowlist": sb.payload.get("network_allowlist"),
+                    "network_denylist": sb.payload.get("network_denylist"),
+                    "environment_vars": sb.payload.get("environment_vars"),
+                    "root": sb.root,
+                }
+                for sid, sb in self._boxes.items()
+            }
 
     def count_calls(self, pattern: str) -> int:
         """Number of recorded calls whose "METHOD /path" matches regex ``pattern``."""
@@ -209,8 +237,7 @@ class FakePrime:
         """Answer the next ``count`` requests whose "METHOD /path" matches the regex
         ``pattern`` (re.search) with HTTP ``status`` and no side effects."""
         with self._lock:
-            self._rules.append({"re": re.compile(pattern), "left": count, "kind": "fail",
-                                "status": status})
+            self._rules.append({"re": re.compile(pattern), "left": count, "kind": "fail", "status": status})
 
     def drop_next(self, pattern: str, count: int = 1, after_processing: bool = False) -> None:
         """Close the connection without any response for the next ``count`` matching
@@ -218,8 +245,7 @@ class FakePrime:
         (e.g. the sandbox is created, then the response is lost); not for the
         command stream, which is always dropped before running."""
         with self._lock:
-            self._rules.append({"re": re.compile(pattern), "left": count, "kind": "drop",
-                                "after": after_processing})
+            self._rules.append({"re": re.compile(pattern), "left": count, "kind": "drop", "after": after_processing})
 
     def hang_next_command(self, count: int = 1) -> None:
         """The next ``count`` command streams (any sandbox, including the SDK's own
@@ -228,9 +254,14 @@ class FakePrime:
         with self._lock:
             self._hangs += count
 
-    def kill_sandbox(self, sandbox_id: str, status: str = "TERMINATED",
-                     error_type: str | None = None, error_message: str | None = None,
-                     remove: bool = False) -> None:
+    def kill_sandbox(
+        self,
+        sandbox_id: str,
+        status: str = "TERMINATED",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        remove: bool = False,
+    ) -> None:
         """Kill a sandbox behind the client's back: its running commands are killed;
         it then reports ``status`` (e.g. TERMINATED, or ERROR with error_type
         "OOM_KILLED"), or with ``remove=True`` disappears entirely (404s)."""
@@ -260,8 +291,7 @@ class FakePrime:
         return sb
 
     def _create(self, payload: dict) -> tuple[int, dict]:
-        if not payload.get("name") or not (payload.get("docker_image") or
-                                           payload.get("checkpoint_id")):
+        if not payload.get("name") or not (payload.get("docker_image") or payload.get("checkpoint_id")):
             return 422, {"detail": "name and docker_image are required"}
         key = payload.get("idempotency_key")
         with self._lock:
@@ -287,29 +317,36 @@ class FakePrime:
     def _list(self, q: dict) -> tuple[int, dict]:
         want = set(q.get("labels", []))
         with self._lock:
-            boxes = [sb for sb in self._boxes.values()
-                     if want <= set(sb.payload.get("labels") or [])
-                     and ("status" not in q or sb.status == q["status"][0])
-                     and not (q.get("is_active", [""])[0].lower() == "true"
-                              and sb.status in DEAD_STATUSES)]
+            boxes = [
+                sb
+                for sb in self._boxes.values()
+                if want <= set(sb.payload.get("labels") or [])
+                and ("status" not in q or sb.status == q["status"][0])
+                and not (q.get("is_active", [""])[0].lower() == "true" and sb.status in DEAD_STATUSES)
+            ]
         page, per = int(q.get("page", ["1"])[0]), int(q.get("per_page", ["50"])[0])
-        chunk = boxes[(page - 1) * per: page * per]
-        return 200, {"sandboxes": [sb.to_json() for sb in chunk], "total": len(boxes),
-                     "page": page, "perPage": per, "hasNext": page * per < len(boxes)}
+        chunk = boxes[(page - 1) * per : page * per]
+        return 200, {
+            "sandboxes": [sb.to_json() for sb in chunk],
+            "total": len(boxes),
+            "page": page,
+            "perPage": per,
+            "hasNext": page * per < len(boxes),
+        }
 
     def _bulk_delete(self, payload: dict) -> tuple[int, dict]:
         ids, labels = payload.get("sandbox_ids"), payload.get("labels")
         if not ids and not labels:
             return 422, {"detail": "sandbox_ids or labels required"}
         with self._lock:
-            targets = ids or [sid for sid, sb in self._boxes.items()
-                              if set(labels) <= set(sb.payload.get("labels") or [])]
+            targets = ids or [
+                sid for sid, sb in self._boxes.items() if set(labels) <= set(sb.payload.get("labels") or [])
+            ]
             ok, failed = [], []
             for sid in targets:
                 (ok if self._drop_box(sid) else failed).append(sid)
         failed_items = [{"sandbox_id": s, "error": "Sandbox not found"} for s in failed]
-        return 200, {"succeeded": ok, "failed": failed_items,
-                     "message": f"Deleted {len(ok)} sandbox(es)"}
+        return 200, {"succeeded": ok, "failed": failed_items, "message": f"Deleted {len(ok)} sandbox(es)"}
 
     def _batch_status(self, payload: dict) -> tuple[int, dict]:
         statuses, errors = [], []
@@ -317,12 +354,16 @@ class FakePrime:
             for sid in payload.get("sandbox_ids") or []:
                 sb = self._boxes.get(sid)
                 if sb is None:
-                    errors.append({"sandbox_id": sid, "code": "NOT_FOUND",
-                                   "message": "Sandbox not found"})
+                    errors.append({"sandbox_id": sid, "code": "NOT_FOUND", "message": "Sandbox not found"})
                 else:
-                    statuses.append({"sandbox_id": sid, "status": sb.status,
-                                     "error_type": sb.error_type,
-                                     "error_message": sb.error_message})
+                    statuses.append(
+                        {
+                            "sandbox_id": sid,
+                            "status": sb.status,
+                            "error_type": sb.error_type,
+                            "error_message": sb.error_message,
+                        }
+                    )
         return 200, {"statuses": statuses, "errors": errors}
 
     def _control(self, method: str, path: str, q: dict, body: bytes) -> tuple[int, dict]:
@@ -353,8 +394,7 @@ class FakePrime:
         if (method, sub) == ("POST", "/auth"):
             return 200, sb.auth(self.base_url + GATEWAY)
         if (method, sub) == ("GET", "/error-context"):
-            return 200, {"status": sb.status, "errorType": sb.error_type,
-                         "errorMessage": sb.error_message}
+            return 200, {"status": sb.status, "errorType": sb.error_type, "errorMessage": sb.error_message}
         if (method, sub) == ("GET", "/logs"):
             return 200, {"logs": ""}
         return 405, {"detail": "Method Not Allowed"}
@@ -423,14 +463,13 @@ class _Handler(BaseHTTPRequestHandler):
         if rule and rule["kind"] == "fail":
             st = rule["status"]
             if START_RPC in path:
-                return self._send(st, {"code": CONNECT_CODES.get(st, "unknown"),
-                                       "message": f"injected HTTP {st}"})
+                return self._send(st, {"code": CONNECT_CODES.get(st, "unknown"), "message": f"injected HTTP {st}"})
             return self._send(st, {"detail": f"injected HTTP {st}"})
         if path.startswith(API + "/"):
             if not self.headers.get("Authorization", "").startswith("Bearer "):
                 status, resp = 401, {"detail": "Unauthorized"}
             else:
-                status, resp = self.fake._control(method, path[len(API):], q, body)
+                status, resp = self.fake._control(method, path[len(API) :], q, body)
             return self._send(status, resp)
         if path.startswith(GATEWAY + "/"):
             return self._gateway(method, path, q, body)
@@ -469,8 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
             os.makedirs(os.path.dirname(target), exist_ok=True)  # lenient: creates parents
             with open(target, "wb") as f:
                 f.write(data)
-            return self._send(200, {"success": True, "path": rel, "size": len(data),
-                                    "timestamp": _iso(time.time())})
+            return self._send(200, {"success": True, "path": rel, "size": len(data), "timestamp": _iso(time.time())})
         if op in ("download", "read-file") and method == "GET":
             if not os.path.isfile(target):
                 return self._send(404, {"error": "file_not_found"})
@@ -480,8 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, data, "application/octet-stream")
             if len(data) > self.fake.read_file_max_bytes:
                 return self._send(413, {"error": "file_too_large"})
-            return self._send(200, {"content": data.decode("utf-8", "replace"),
-                                    "size": len(data)})
+            return self._send(200, {"content": data.decode("utf-8", "replace"), "size": len(data)})
         self._send(404, {"error": "unknown gateway route"})
 
     def _event(self, **kw) -> None:
@@ -498,7 +535,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Connect server-stream for CommandSession/Start: run /bin/bash -c locally and
         stream start / stdout / stderr / end events, then the end-of-stream frame."""
         req = pb.StartRequest()
-        req.ParseFromString(body[5:5 + struct.unpack(">I", body[1:5])[0]])
+        req.ParseFromString(body[5 : 5 + struct.unpack(">I", body[1:5])[0]])
         spec = req.command
         tmo = self.headers.get("connect-timeout-ms")
         deadline = time.monotonic() + int(tmo) / 1000 if tmo else None
@@ -515,19 +552,32 @@ class _Handler(BaseHTTPRequestHandler):
             if hang:
                 self._event(start=pb.CommandSessionEvent.StartEvent(pid=0))
             elif not os.path.isdir(cwd):
-                self._event(data=pb.CommandSessionEvent.DataEvent(
-                    stderr=f"fake-prime: working_dir {spec.cwd} does not exist\n".encode()))
+                self._event(
+                    data=pb.CommandSessionEvent.DataEvent(
+                        stderr=f"fake-prime: working_dir {spec.cwd} does not exist\n".encode()
+                    )
+                )
                 self._event(end=pb.CommandSessionEvent.EndEvent(exit_code=1, exited=True))
                 return self._end_stream()
             else:
-                env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
-                       "HOME": os.path.join(sb.root, "root"), "SANDBOX_ROOT": sb.root,
-                       "TMPDIR": os.path.join(sb.root, "tmp")}
+                env = {
+                    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                    "LANG": "C.UTF-8",
+                    "HOME": os.path.join(sb.root, "root"),
+                    "SANDBOX_ROOT": sb.root,
+                    "TMPDIR": os.path.join(sb.root, "tmp"),
+                }
                 env.update(sb.payload.get("environment_vars") or {})
                 env.update(dict(spec.envs))
-                proc = subprocess.Popen([spec.cmd, *spec.args], cwd=cwd, env=env,
-                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, start_new_session=True)
+                proc = subprocess.Popen(
+                    [spec.cmd, *spec.args],
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
                 sb.procs.add(proc)
                 for name, pipe in (("stdout", proc.stdout), ("stderr", proc.stderr)):
                     threading.Thread(target=_pump, args=(pipe, name, q), daemon=True).start()
@@ -555,9 +605,11 @@ class _Handler(BaseHTTPRequestHandler):
                     if open_pipes and time.monotonic() - exited_at < 0.2:
                         continue
                     rc = proc.returncode
-                    self._event(end=pb.CommandSessionEvent.EndEvent(
-                        exit_code=rc if rc >= 0 else 128 - rc, exited=True,
-                        status=f"exit status {rc}"))
+                    self._event(
+                        end=pb.CommandSessionEvent.EndEvent(
+                            exit_code=rc if rc >= 0 else 128 - rc, exited=True, status=f"exit status {rc}"
+                        )
+                    )
                     return self._end_stream()
                 if data is None:
                     open_pipes -= 1
