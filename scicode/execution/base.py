@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
+import base64
+import binascii
 import importlib
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from scicode.errors import ConfigError
+from scicode.errors import ConfigError, SandboxUnavailable
 
 #: Backend name -> module that registers it (imported on first use: heavy clients load lazily).
 _BACKEND_MODULES = {
@@ -17,6 +21,18 @@ _BACKEND_MODULES = {
 }
 _INSTALL_HINTS = {"prime": "pip install 'scicode[prime]'", "docker": "pip install 'scicode[docker]'"}
 _REGISTRY: dict[str, Callable[..., Executor]] = {}
+
+PROGRAM_ENV = {
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MPLBACKEND": "Agg",
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+}
+"""In every step program's environment, whatever the backend: programs run side by side, so BLAS
+gets one thread each; matplotlib never looks for a display."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,33 @@ class ExecResult:
     """What isolated the run, e.g. "bwrap", "unshare(pid+net)", "none"."""
     killed_for: str | None = None
     """A limit the program was killed for, other than time (e.g. "processes")."""
+
+    @classmethod
+    def from_reply(cls, reply: dict[str, Any], *, output_mb: int, isolation: str) -> ExecResult:
+        """The result a sandbox runtime reported (`scicode.runtime.worker`'s reply to a task).
+
+        Raises:
+            SandboxUnavailable: the runtime could not start the program, or the reply is malformed.
+        """
+        if reply.get("setup_failed"):
+            raise SandboxUnavailable(f"the sandbox could not start the program: {reply.get('error', 'setup failed')}")
+        try:
+            probe = base64.b64decode(reply.get("probe") or "", validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise SandboxUnavailable(f"the sandbox sent a malformed reply: {e}") from e
+        limit = output_mb << 20
+        return cls(
+            returncode=reply.get("returncode"),
+            signal=reply.get("signal"),
+            stdout=str(reply.get("stdout", "")),
+            stderr=str(reply.get("stderr", "")),
+            probe=probe,
+            seconds=float(reply.get("seconds", 0.0)),
+            timed_out=bool(reply.get("timed_out")),
+            output_exceeded=any(int(size) >= limit for size in (reply.get("sizes") or {}).values()),
+            isolation=isolation,
+            killed_for=reply.get("killed_for"),
+        )
 
 
 @dataclass(frozen=True)
@@ -104,6 +147,27 @@ class Executor(Protocol):
     def describe(self) -> dict[str, object]:
         """What this executor is, for run metadata: backend, isolation level, versions."""
         ...
+
+
+class _Cleanable(Protocol):
+    def cleanup(self) -> None: ...
+
+
+_LIVE: weakref.WeakSet[_Cleanable] = weakref.WeakSet()
+
+
+def clean_up_at_exit(executor: _Cleanable) -> None:
+    """Call `executor.cleanup()` (synchronous, idempotent) at interpreter exit if it is alive then.
+
+    No worker, container or remote sandbox outlives a run whose event loop was torn down.
+    """
+    _LIVE.add(executor)
+
+
+@atexit.register
+def _clean_up_live() -> None:
+    for executor in list(_LIVE):
+        executor.cleanup()
 
 
 def register_executor(name: str) -> Callable[[type], type]:

@@ -11,24 +11,18 @@ reported at once, when the environment is loaded.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import base64
 import contextlib
-import io
-import json
-import tarfile
 import uuid
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
 from scicode.errors import ConfigError, SandboxUnavailable
-from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, register_executor
-from scicode.execution.payload import payload_files
-from scicode.execution.prime import DEFAULT_IMAGE, MARKER, REQUIREMENTS
+from scicode.execution import remote
+from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, clean_up_at_exit, register_executor
+from scicode.execution.remote import DEFAULT_IMAGE, ROOT
 
-ROOT = "/scicode"
-_LIVE: weakref.WeakSet[DockerExecutor] = weakref.WeakSet()
+#: The program's view of the stack, which the bootstrap installs as user site-packages.
+STACK_ENV = {"PYTHONUSERBASE": f"{ROOT}/stack", "HOME": ROOT}
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ def container_spec(options: DockerOptions, run_label: str, index: int) -> dict[s
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         "labels": {"scicode": "1", "scicode.run": run_label, **{label: "1" for label in options.labels}},
-        "environment": {"PYTHONPATH": f"{ROOT}/payload", "PYTHONUSERBASE": f"{ROOT}/stack", "HOME": ROOT},
+        "environment": {"PYTHONPATH": f"{ROOT}/payload", **STACK_ENV},
     }
 
 
@@ -116,7 +110,7 @@ class DockerExecutor:
         self._containers: list[Any] = []
         self._counter = 0
         self._closed = False
-        _LIVE.add(self)
+        clean_up_at_exit(self)
 
     @property
     def isolation(self) -> str:
@@ -176,9 +170,8 @@ class DockerExecutor:
         try:
             container = self._client.containers.run(**container_spec(self.options, self.run_label, self._counter))
             self._containers.append(container)
-            self._put(container, {f"payload/{k}": v for k, v in payload_files().items()})
+            self._put(container, remote.runtime_files(with_requirements=self.options.bootstrap))
             if self.options.bootstrap:
-                self._put(container, {"requirements.txt": REQUIREMENTS.read_bytes()})
                 code, out = container.exec_run(
                     [
                         "python",
@@ -205,13 +198,7 @@ class DockerExecutor:
 
     @staticmethod
     def _put(container: Any, files: dict[str, bytes]) -> None:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o644
-                tar.addfile(info, io.BytesIO(data))
-        if not container.put_archive(ROOT, buf.getvalue()):
+        if not container.put_archive(ROOT, remote.tar_bytes(files, gzip=False)):
             raise SandboxUnavailable(f"could not copy files into {container.name}")
 
     async def run(self, program: StepProgram, *, timeout: float, session: str | None = None) -> ExecResult:
@@ -231,51 +218,16 @@ class DockerExecutor:
             self._idle.put_nowait(container)
 
     def _run_in(self, container: Any, program: StepProgram, timeout: float) -> ExecResult:
-        task = f"{ROOT}/tasks/{uuid.uuid4().hex[:10]}"
-        self._put(container, {f"{task[len(ROOT) + 1 :]}/program.py": program.source.encode("utf-8", "surrogateescape")})
-        req = {
-            "dir": task,
-            "timeout": float(timeout),
-            "memory_bytes": self.options.memory_mb << 20,
-            "output_bytes": self.options.output_mb << 20,
-            "max_processes": self.options.max_processes,
-            "env": {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "LANG": "C.UTF-8",
-                "PYTHONPATH": f"{ROOT}/payload",
-                "PYTHONUSERBASE": f"{ROOT}/stack",
-                "HOME": ROOT,
-                "MPLBACKEND": "Agg",
-                "OPENBLAS_NUM_THREADS": "1",
-                "OMP_NUM_THREADS": "1",
-            },
-        }
-        argv = ["timeout", "-k", "5", str(int(timeout) + 30), "python", "-m", "scicode.runtime.remote", json.dumps(req)]
+        task = f"tasks/{uuid.uuid4().hex[:10]}"
+        self._put(container, remote.program_file(program.source, task))
+        req = remote.request(task, timeout, self.options, env=STACK_ENV)
+        argv = ["timeout", "-k", "5", str(int(timeout) + 30), "python", "-m", "scicode.runtime.remote", req]
         try:
             code, output = container.exec_run(argv, workdir=ROOT, demux=False)
         except Exception as e:
             raise SandboxUnavailable(f"container {container.name} failed: {e}", during_program=True) from e
         text = (output or b"").decode("utf-8", errors="replace")
-        line = next((ln for ln in reversed(text.splitlines()) if ln.startswith(MARKER)), None)
-        if line is None:
-            raise SandboxUnavailable(f"container {container.name} did not run the step (exit {code}): {text[-1500:]}")
-        reply = json.loads(line[len(MARKER) :])
-        limit = self.options.output_mb << 20
-        return ExecResult(
-            returncode=reply.get("returncode"),
-            signal=reply.get("signal"),
-            stdout=str(reply.get("stdout", "")),
-            stderr=str(reply.get("stderr", "")),
-            probe=base64.b64decode(reply.get("probe") or ""),
-            seconds=float(reply.get("seconds", 0.0)),
-            timed_out=bool(reply.get("timed_out")),
-            output_exceeded=any(int(v) >= limit for v in (reply.get("sizes") or {}).values()),
-            isolation=self.isolation,
-            killed_for=reply.get("killed_for"),
+        reply = remote.read_reply(
+            text, f"container {container.name} did not run the step (exit {code}): {text[-1500:]}"
         )
-
-
-@atexit.register
-def _cleanup_all() -> None:
-    for executor in list(_LIVE):
-        executor.cleanup()
+        return ExecResult.from_reply(reply, output_mb=self.options.output_mb, isolation=self.isolation)

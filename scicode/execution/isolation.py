@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scicode.errors import ConfigError
+from scicode.execution.base import PROGRAM_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -89,21 +90,11 @@ class Level:
 
 
 def scrubbed_env(*, payload: Path) -> dict[str, str]:
-    """The environment of workers and step programs: nothing secret, BLAS pinned to one thread."""
+    """The environment of workers and step programs: nothing secret, `PROGRAM_ENV`, the payload first."""
     env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LANG", "C.UTF-8")
-    env.update(
-        PYTHONPATH=str(payload),
-        PYTHONDONTWRITEBYTECODE="1",
-        PYTHONNOUSERSITE="1",
-        MPLBACKEND="Agg",
-        OPENBLAS_NUM_THREADS="1",
-        OMP_NUM_THREADS="1",
-        MKL_NUM_THREADS="1",
-        NUMEXPR_NUM_THREADS="1",
-        VECLIB_MAXIMUM_THREADS="1",
-    )
+    env.update(PROGRAM_ENV, PYTHONPATH=str(payload), PYTHONNOUSERSITE="1")
     return env
 
 

@@ -14,9 +14,6 @@ importable by workers; targets never leave the trusted process.
 from __future__ import annotations
 
 import asyncio
-import atexit
-import base64
-import binascii
 import contextlib
 import json
 import os
@@ -24,19 +21,17 @@ import shutil
 import signal
 import sys
 import tempfile
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from scicode.errors import ConfigError, SandboxUnavailable
 from scicode.execution import isolation
-from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, register_executor
+from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, clean_up_at_exit, register_executor
 from scicode.execution.payload import write_payload
 
 WORKER_START_TIMEOUT = 120.0
 REPLY_GRACE = 30.0
-_LIVE: weakref.WeakSet[LocalExecutor] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -134,7 +129,7 @@ class LocalExecutor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._task_counter = 0
-        _LIVE.add(self)
+        clean_up_at_exit(self)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -258,7 +253,7 @@ class LocalExecutor:
         worker = await self._acquire()
         try:
             reply = await self._ask(worker, program, timeout)
-            return self._result(reply)
+            return ExecResult.from_reply(reply, output_mb=self.options.output_mb, isolation=self._level.name)
         finally:
             self._idle.put_nowait(worker)
 
@@ -279,32 +274,4 @@ class LocalExecutor:
             raise SandboxUnavailable(
                 f"sandbox worker died while running the program: {type(e).__name__}: {e}", during_program=True
             ) from e
-        if reply.get("setup_failed"):
-            raise SandboxUnavailable(f"the sandbox could not start the program: {reply.get('error', 'setup failed')}")
         return reply
-
-    def _result(self, reply: dict[str, Any]) -> ExecResult:
-        limit = self.options.output_mb << 20
-        sizes = reply.get("sizes") or {}
-        try:
-            probe = base64.b64decode(reply.get("probe") or "", validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise SandboxUnavailable(f"sandbox worker sent a malformed reply: {e}") from e
-        return ExecResult(
-            returncode=reply.get("returncode"),
-            signal=reply.get("signal"),
-            stdout=str(reply.get("stdout", "")),
-            stderr=str(reply.get("stderr", "")),
-            probe=probe,
-            seconds=float(reply.get("seconds", 0.0)),
-            timed_out=bool(reply.get("timed_out")),
-            output_exceeded=any(int(size) >= limit for size in sizes.values()),
-            isolation=self._level.name,
-            killed_for=reply.get("killed_for"),
-        )
-
-
-@atexit.register
-def _cleanup_all() -> None:
-    for executor in list(_LIVE):
-        executor.cleanup()

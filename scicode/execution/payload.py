@@ -7,10 +7,7 @@ the validation split's gold code) and remote sandboxes can receive it as a small
 
 from __future__ import annotations
 
-import hashlib
-import io
 import shutil
-import tarfile
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent.parent
@@ -39,23 +36,3 @@ def write_payload(directory: Path) -> Path:
 def payload_files() -> dict[str, bytes]:
     """The payload's files, by path under the payload root (`scicode/...`)."""
     return {f"scicode/{rel}": (_PACKAGE / rel).read_bytes() for rel in FILES}
-
-
-def payload_tar() -> bytes:
-    """The payload as a gzipped tar of `scicode/...` (for remote sandboxes)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel in FILES:
-            info = tarfile.TarInfo(f"scicode/{rel}")
-            data = (_PACKAGE / rel).read_bytes()
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def payload_digest() -> str:
-    """A short hash of the payload's content (names a remote copy)."""
-    h = hashlib.sha256()
-    for rel in FILES:
-        h.update(rel.encode() + b"\0" + (_PACKAGE / rel).read_bytes())
-    return h.hexdigest()[:16]

@@ -24,35 +24,24 @@ machine's cores. Design:
 from __future__ import annotations
 
 import asyncio
-import atexit
-import base64
 import contextlib
-import io
-import json
 import logging
 import shlex
-import tarfile
 import time
 import uuid
-import weakref
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from scicode.errors import ConfigError, SandboxUnavailable
-from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, register_executor
-from scicode.execution.payload import payload_files
+from scicode.execution import remote
+from scicode.execution.base import ExecResult, ExecutorOptions, StepProgram, clean_up_at_exit, register_executor
+from scicode.execution.remote import DEFAULT_IMAGE, ROOT
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_IMAGE = "python:3.11-slim"
 PYPI_HOSTS = ["pypi.org", "files.pythonhosted.org"]
-REQUIREMENTS = Path(__file__).resolve().parent / "sandbox-requirements.txt"
-ROOT = "/scicode"
-MARKER = "SCICODE-RESULT "
 COMMAND_MARGIN = 60
 BOOTSTRAP_SECONDS = 900
-_LIVE: weakref.WeakSet[PrimeExecutor] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -151,8 +140,8 @@ class PrimeExecutor:
         self._session_locks: dict[str, asyncio.Lock] = {}
         self._counter = 0
         self._closed = False
-        self._payload = self._payload_files()
-        _LIVE.add(self)
+        self._runtime = remote.runtime_files(with_requirements=True)
+        clean_up_at_exit(self)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -361,8 +350,11 @@ class PrimeExecutor:
 
         sandbox.steps += 1
         bundle = f"/tmp/scicode-{uuid.uuid4().hex[:10]}.tar.gz"  # noqa: S108 - the sandbox's own /tmp
-        task = f"{ROOT}/tasks/t{sandbox.steps}"
-        data = self._bundle(program, task, with_runtime=not sandbox.has_runtime)
+        task = f"tasks/t{sandbox.steps}"
+        files = remote.program_file(program.source, task)
+        if not sandbox.has_runtime:
+            files.update(self._runtime)
+        data = remote.tar_bytes(files, gzip=True)
         client = self._client
         await self._api(
             lambda: client.upload_bytes(sandbox.id, bundle, data, "bundle.tar.gz"), "upload a program", sandbox
@@ -382,27 +374,10 @@ class PrimeExecutor:
                 self._forget(sandbox)
             message = f"running a program in sandbox {sandbox.id} failed: {e}"
             raise SandboxUnavailable(message, during_program=gone) from e
-        reply = self._parse(response)
+        failure = f"the sandbox did not run the step (exit {response.exit_code}): {response.stderr[-1500:]}"
+        reply = remote.read_reply(response.stdout, failure)
         sandbox.has_runtime = True
-        return self._result(reply)
-
-    def _payload_files(self) -> dict[str, bytes]:
-        files = {f"payload/{name}": data for name, data in payload_files().items()}
-        files["requirements.txt"] = REQUIREMENTS.read_bytes()
-        return files
-
-    def _bundle(self, program: StepProgram, task: str, *, with_runtime: bool) -> bytes:
-        """A tar.gz, relative to /scicode: the program (and the runtime, the first time)."""
-        files = {f"{task[len(ROOT) + 1 :]}/program.py": program.source.encode("utf-8", "surrogateescape")}
-        if with_runtime:
-            files.update(self._payload)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name, content in files.items():
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(content), 0o644, 0
-                tar.addfile(info, io.BytesIO(content))
-        return buf.getvalue()
+        return ExecResult.from_reply(reply, output_mb=self.options.output_mb, isolation=self.isolation)
 
     def _command(self, bundle: str, task: str, timeout: float) -> str:
         """The step's shell command.
@@ -410,22 +385,6 @@ class PrimeExecutor:
         Paths go through `$SANDBOX_ROOT` (unset in a real sandbox) so that a local stand-in of the
         service can run it under a directory of its own.
         """
-        req = {
-            "dir": task[len(ROOT) + 1 :],
-            "timeout": float(timeout),
-            "memory_bytes": self.options.memory_mb << 20,
-            "output_bytes": self.options.output_mb << 20,
-            "max_processes": self.options.max_processes,
-            "env": {
-                "PATH": "/usr/local/bin:/usr/bin:/bin",
-                "LANG": "C.UTF-8",
-                "PYTHONDONTWRITEBYTECODE": "1",
-                "MPLBACKEND": "Agg",
-                "OPENBLAS_NUM_THREADS": "1",
-                "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1",
-            },
-        }
         python = shlex.quote(self.options.python)
         bootstrap = (
             f'if [ ! -f "$R/.stack" ]; then {python} -m pip install -q --no-cache-dir -r "$R/requirements.txt" '
@@ -437,37 +396,5 @@ class PrimeExecutor:
             f'set -e; R="${{SANDBOX_ROOT:-}}{ROOT}"; mkdir -p "$R"; tar -xzf "${{SANDBOX_ROOT:-}}{bundle}" -C "$R"; '
             f'rm -f "${{SANDBOX_ROOT:-}}{bundle}"; {bootstrap}cd "$R"; '
             f'SCICODE_ROOT="$R" PYTHONPATH="$R/payload" timeout -k 5 {int(timeout) + 30} '
-            f"{python} -m scicode.runtime.remote {shlex.quote(json.dumps(req))}"
+            f"{python} -m scicode.runtime.remote {shlex.quote(remote.request(task, timeout, self.options))}"
         )
-
-    def _parse(self, response: Any) -> dict[str, Any]:
-        line = next((ln for ln in reversed(response.stdout.splitlines()) if ln.startswith(MARKER)), None)
-        if line is None:
-            raise SandboxUnavailable(
-                f"the sandbox did not run the step (exit {response.exit_code}): {response.stderr[-1500:]}"
-            )
-        reply = json.loads(line[len(MARKER) :])
-        if reply.get("setup_failed"):
-            raise SandboxUnavailable(f"the sandbox could not start the program: {reply.get('error', '')}")
-        return reply
-
-    def _result(self, reply: dict[str, Any]) -> ExecResult:
-        limit = self.options.output_mb << 20
-        return ExecResult(
-            returncode=reply.get("returncode"),
-            signal=reply.get("signal"),
-            stdout=str(reply.get("stdout", "")),
-            stderr=str(reply.get("stderr", "")),
-            probe=base64.b64decode(reply.get("probe") or ""),
-            seconds=float(reply.get("seconds", 0.0)),
-            timed_out=bool(reply.get("timed_out")),
-            output_exceeded=any(int(v) >= limit for v in (reply.get("sizes") or {}).values()),
-            isolation=self.isolation,
-            killed_for=reply.get("killed_for"),
-        )
-
-
-@atexit.register
-def _cleanup_all() -> None:
-    for executor in list(_LIVE):
-        executor.cleanup()
