@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, run_task
+from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, run_in_dir
 
 MARKER = "SCICODE-RESULT "
 
@@ -26,10 +26,11 @@ def main() -> None:
     root = os.environ.get("SCICODE_ROOT", os.getcwd())
     task_dir = os.path.join(root, req.pop("dir"))
     req["env"] = dict(req.get("env", {}), PYTHONPATH=os.environ.get("PYTHONPATH", ""))
-    with open(os.path.join(task_dir, "program.py"), encoding="utf-8", errors="surrogateescape") as f:
-        req["source"] = f.read()
+    if not os.path.isfile(os.path.join(task_dir, "program.py")):
+        sys.exit(f"no program.py in {task_dir}")  # no reply: the backend reports a sandbox failure
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    reply = run_task(Runner("fresh"), dict(req, id=0), os.path.dirname(task_dir) or ".")
+    # The uploaded directory is the task directory, removed after the run like a local one.
+    reply = run_in_dir(Runner("fresh"), dict(req, id=0), task_dir)
     sys.stdout.write(MARKER + json.dumps(reply) + "\n")
 
 

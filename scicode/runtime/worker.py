@@ -287,7 +287,6 @@ class Runner:
     def __init__(self, mode: str) -> None:
         self.mode = mode
         self.spare: tuple[int, int, int] | None = None  # pid, request pipe, status pipe
-        self.previous: int | None = None
 
     def prepare(self) -> None:
         """Fork the next program's process now, while nothing waits for it."""
@@ -382,13 +381,23 @@ class Runner:
 
 
 def run_task(runner: Runner, req: dict[str, Any], scratch: str) -> dict[str, Any]:
-    """Run one program in a fresh task directory; the reply dict."""
+    """Run one program (`req["source"]`) in a fresh task directory; the reply dict."""
     task_dir = os.path.join(scratch, f"task-{req['id']}")
     shutil.rmtree(task_dir, ignore_errors=True)
     os.mkdir(task_dir, 0o700)
     try:
         with open(os.path.join(task_dir, "program.py"), "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(req["source"])
+    except BaseException:
+        shutil.rmtree(task_dir, ignore_errors=True)
+        raise
+    # The program's process reads program.py from disk: the source need not travel down the pipe.
+    return run_in_dir(runner, {k: v for k, v in req.items() if k != "source"}, task_dir)
+
+
+def run_in_dir(runner: Runner, req: dict[str, Any], task_dir: str) -> dict[str, Any]:
+    """Run `task_dir`'s program.py; the reply dict. The directory is removed afterwards."""
+    try:
         reply = runner.run(dict(req, dir=task_dir))
         reply.update(_collect(task_dir, int(req["output_bytes"])))
         return reply
