@@ -71,7 +71,7 @@ def gold_programs() -> tuple[list, dict[str, StepProgram]]:
     programs = {}
     for p in problems:
         for i, s in enumerate(p.steps):
-            programs[s.step_id] = program_for(p, i, [x.gold_code or "" for x in p.steps[: i + 1]])
+            programs[s.step_id] = program_for(p, i, p.gold_codes(i))
     return problems, programs
 
 
@@ -139,7 +139,7 @@ def official_way(problems: list, steps: set[str], workers: int, root: Path) -> t
     for p in problems:
         for i, s in enumerate(p.steps):
             if s.step_id in steps:
-                codes = [x.gold_code or "" for x in p.steps[: i + 1]]
+                codes = p.gold_codes(i)
                 jobs.append(
                     (s.step_id, official_harness.program(s.step_id, p.dependencies, codes[:i], codes[i], s.test_cases))
                 )

@@ -240,7 +240,7 @@ async def _derive_all(scorer: Any, steps: list[Any]) -> None:
     bar = tqdm(total=len(steps), desc="deriving validation targets", unit="step")
 
     async def one(problem: Any, step: Any) -> None:
-        await scorer.targets.ensure(problem, step, scorer.run_program, scorer.options.max_probe_bytes)
+        await scorer.ensure_targets(problem, step)
         bar.update()
 
     try:

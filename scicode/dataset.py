@@ -74,6 +74,10 @@ class Problem:
         """The steps the model answers and that are judged."""
         return tuple(s for s in self.steps if not s.given)
 
+    def gold_codes(self, upto: int) -> list[str]:
+        """Gold code of steps 0..upto ("" where there is none: test-split steps)."""
+        return [s.gold_code or "" for s in self.steps[: upto + 1]]
+
     def step(self, step_id: str) -> Step:
         """The step with this id."""
         for s in self.steps:

@@ -47,15 +47,19 @@ class H5Targets:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._step_ids: frozenset[str] | None = None
 
     def has(self, step_id: str) -> bool:
         """True when the file holds this step's group."""
-        if not self.path.is_file():
-            return False
-        import h5py
+        if self._step_ids is None:
+            if not self.path.is_file():
+                return False
+            import h5py
 
-        with h5py.File(self.path, "r") as f:
-            return step_id in f
+            # Read once: the file does not change under a run, and `has` is asked for every step.
+            with h5py.File(self.path, "r") as f:
+                self._step_ids = frozenset(f.keys())
+        return step_id in self._step_ids
 
     def load(self, step_id: str, n_tests: int) -> list[Any]:
         """Targets of `step_id`, decoded as the official decoder does."""

@@ -6,6 +6,7 @@ read nor pollute the user's cache; they are derived once, on first use, and reus
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -49,11 +50,6 @@ def scorer(executor, validation) -> StepScorer:
     return StepScorer(executor, targets, ScoringOptions(timeout=120, infra_retries=1))
 
 
-def gold_codes(problem: Problem, upto: int) -> list[str]:
-    """Gold code of steps 0..upto."""
-    return [s.gold_code or "" for s in problem.steps[: upto + 1]]
-
-
 @pytest.fixture(scope="session")
 async def derived_targets(scorer, validation) -> None:
     """Every validation step's targets derived (locally) up front.
@@ -61,6 +57,5 @@ async def derived_targets(scorer, validation) -> None:
     Derivation runs gold code through the configured backend on first use; tests that count what
     a backend is asked to do request this so derivation is not counted.
     """
-    for problem in validation.values():
-        for step in problem.scored_steps:
-            await scorer.targets.ensure(problem, step, scorer.run_program, scorer.options.max_probe_bytes)
+    steps = [(p, s) for p in validation.values() for s in p.scored_steps]
+    await asyncio.gather(*(scorer.ensure_targets(p, s) for p, s in steps))

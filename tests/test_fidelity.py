@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.conftest import gold_codes
 from tests.fakes import official_harness
 from tests.fakes.mutants import VARIANTS, mutate
 
@@ -53,7 +52,7 @@ async def official_root(scorer, validation, tmp_path_factory):
 async def _both(scorer, validation, root, sid: str, code_for_step) -> tuple[bool, bool]:
     p = validation[sid.split(".")[0]]
     i = [s.step_id for s in p.steps].index(sid)
-    codes = gold_codes(p, i)
+    codes = p.gold_codes(i)
     codes[i] = code_for_step(codes[i], p.steps[i].function_header)
     source = official_harness.program(sid, p.dependencies, codes[:i], codes[i], p.steps[i].test_cases)
     name = f"{sid}-{abs(hash(codes[i]))}"

@@ -8,7 +8,6 @@ import pytest
 
 from scicode.dataset import load_problems
 from scicode.verdict import FailureKind
-from tests.conftest import gold_codes
 
 #: Documented in the README ("Known dataset defects"): 78.3's reference solution chooses its
 #: time step from wall-clock timings; the official targets come from a coarse clock, so the gold
@@ -24,7 +23,7 @@ STEPS = [
 
 @pytest.fixture(scope="module")
 async def gold_verdicts(scorer, validation):
-    jobs = [scorer.score(validation[pid], i, gold_codes(validation[pid], i)) for pid, i, _ in STEPS]
+    jobs = [scorer.score(validation[pid], i, validation[pid].gold_codes(i)) for pid, i, _ in STEPS]
     verdicts = await asyncio.gather(*jobs)
     return {v.step_id: v for v in verdicts}
 

@@ -10,7 +10,6 @@ from scicode.policies import GoldPolicy
 from scicode.runner import run_policy
 from scicode.scorer import ScoringOptions, StepScorer
 from scicode.verdict import FailureKind
-from tests.conftest import gold_codes
 
 pytestmark = pytest.mark.verifiers_api
 
@@ -43,14 +42,14 @@ class FlakyExecutor:
 async def test_a_transient_failure_is_retried(executor, scorer, validation) -> None:
     flaky = FlakyExecutor(executor, failures=1)
     s = StepScorer(flaky, scorer.targets, ScoringOptions(infra_retries=2, retry_backoff=0.01))
-    v = await s.score(validation["1"], 0, gold_codes(validation["1"], 0))
+    v = await s.score(validation["1"], 0, validation["1"].gold_codes(0))
     assert v.passed and flaky.calls == 2
 
 
 async def test_a_persistent_failure_is_a_sandbox_error(executor, scorer, validation) -> None:
     flaky = FlakyExecutor(executor, failures=10)
     s = StepScorer(flaky, scorer.targets, ScoringOptions(infra_retries=2, retry_backoff=0.01))
-    v = await s.score(validation["1"], 0, gold_codes(validation["1"], 0))
+    v = await s.score(validation["1"], 0, validation["1"].gold_codes(0))
     assert v.kind is FailureKind.SANDBOX_ERROR and v.kind.is_infrastructure and flaky.calls == 3
 
 
@@ -72,7 +71,7 @@ async def _score_at(level: str, prefix: str, scorer, validation, retries: int):
     """Gold code of step 1.1 with `prefix` in front, judged by a fresh executor at `level`."""
     ex = make_executor("local", ExecutorOptions(concurrency=1, extra={"isolation": level}))
     s = StepScorer(ex, scorer.targets, ScoringOptions(infra_retries=retries, retry_backoff=0.01))
-    codes = gold_codes(validation["1"], 0)
+    codes = validation["1"].gold_codes(0)
     codes[0] = prefix + codes[0]
     try:
         return await s.score(validation["1"], 0, codes)

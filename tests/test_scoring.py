@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from scicode.verdict import FailureKind
-from tests.conftest import gold_codes
 
 GOOD = """
 def get_alpha(recvec, alpha_scaling=5):
@@ -14,7 +13,7 @@ def get_alpha(recvec, alpha_scaling=5):
 
 
 async def score(scorer, problem, index, code):
-    codes = gold_codes(problem, index)
+    codes = problem.gold_codes(index)
     codes[index] = code
     return await scorer.score(problem, index, codes)
 
@@ -77,7 +76,7 @@ async def test_missing_function(scorer, validation) -> None:
 
 async def test_broken_earlier_step_fails_the_later_one(scorer, validation) -> None:
     p = validation["10"]
-    codes = gold_codes(p, 1)
+    codes = p.gold_codes(1)
     codes[0] = "def get_alpha(:\n"
     v = await scorer.score(p, 1, codes)
     assert v.kind is FailureKind.SYNTAX_ERROR and "step 10.1" in v.detail
