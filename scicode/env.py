@@ -26,16 +26,13 @@ from typing import Any
 import verifiers as vf
 from datasets import Dataset
 
-from scicode import config
-from scicode.dataset import Problem, given_step_code, load_problems
-from scicode.errors import ConfigError
-from scicode.execution import ExecutorOptions, make_executor
-from scicode.parser import SciCodeParser, extract_code
+from scicode import components, config
+from scicode.dataset import Problem
+from scicode.parser import SciCodeParser, extract_code, message_role, message_text
 from scicode.prompts import step_prompt
 from scicode.rubric import SciCodeRubric
-from scicode.scorer import ScoringOptions, StepScorer, step_records
-from scicode.target_sources import resolve_targets
-from scicode.verdict import FailureKind, StepVerdict
+from scicode.scorer import StepScorer, infrastructure_failure, rollout_codes, step_records
+from scicode.verdict import StepVerdict
 
 logger = logging.getLogger(__name__)
 STATE_KEY = "scicode"
@@ -77,9 +74,6 @@ class SciCodeEnv(vf.MultiTurnEnv):
 
     # -- prompts -------------------------------------------------------------------------------
 
-    def _initial_codes(self, problem: Problem) -> list[str | None]:
-        return [given_step_code(s, mode=self.given_code) if s.given else None for s in problem.steps]
-
     def _messages(self, text: str) -> list[Any]:
         system = [vf.SystemMessage(content=self.scicode_system_prompt)] if self.scicode_system_prompt else []
         return [*system, vf.UserMessage(content=text)]
@@ -91,7 +85,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
     def _row(self, problem: Problem) -> dict[str, Any]:
         first = _next_scored(problem, 0)
         assert first is not None, f"problem {problem.problem_id} has no scored step"
-        messages = self._prompt(problem, first, self._initial_codes(problem))
+        messages = self._prompt(problem, first, rollout_codes(problem, self.given_code))
         return {
             "prompt": [m.model_dump(exclude_none=True) for m in messages],
             "answer": "",
@@ -107,7 +101,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
             "problem_id": problem.problem_id,
             "split": problem.split,
             "cursor": _next_scored(problem, 0),
-            "codes": self._initial_codes(problem),
+            "codes": rollout_codes(problem, self.given_code),
             "replies": {},
         }
         self._inflight[state["trajectory_id"]] = []
@@ -152,7 +146,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
         completion: list[Any] = []
         for i, step in enumerate(state["trajectory"]):
             if i > 0:
-                completion += [m for m in step["prompt"] if _role(m) == "user"]
+                completion += [m for m in step["prompt"] if message_role(m) == "user"]
             completion += list(step["completion"])
         state["completion"] = completion
 
@@ -178,12 +172,10 @@ class SciCodeEnv(vf.MultiTurnEnv):
         sc["wait_seconds"] = time.monotonic() - start
         # In `info`, which vf-eval always saves: every run's results.jsonl carries per-step records.
         state["info"]["scicode_steps"] = records
-        sc["isolation"] = getattr(self.scorer.executor, "isolation", self.scorer.executor.name)
-        infra = [r for r in records if FailureKind(r["kind"]).is_infrastructure]
-        if infra and state.get("error") is None:
-            state["error"] = vf.SandboxError(
-                f"{len(infra)} step(s) could not be judged ({infra[0]['kind']}: {infra[0]['detail'][:300]})"
-            )
+        sc["isolation"] = self.scorer.isolation
+        failure = infrastructure_failure(records)
+        if failure is not None and state.get("error") is None:
+            state["error"] = vf.SandboxError(failure)
 
     @vf.teardown
     async def close_executor(self) -> None:
@@ -191,23 +183,14 @@ class SciCodeEnv(vf.MultiTurnEnv):
         await self.scorer.executor.aclose()
 
 
-def _role(message: Any) -> str | None:
-    return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
-
-
 def _text(messages: Any) -> str:
-    parts = []
-    for m in messages if isinstance(messages, list) else [messages]:
-        if _role(m) == "assistant" or isinstance(m, str):
-            content = m if isinstance(m, str) else (m.get("content") if isinstance(m, dict) else m.content)
-            parts.append(
-                content
-                if isinstance(content, str)
-                else "".join(
-                    (p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "")) for p in content or []
-                )
-            )
-    return "\n".join(parts)
+    """The text of a completion's assistant messages (or of a plain-text completion)."""
+    items = messages if isinstance(messages, list) else [messages]
+    return "\n".join(
+        m if isinstance(m, str) else message_text(m)
+        for m in items
+        if isinstance(m, str) or message_role(m) == "assistant"
+    )
 
 
 def load_environment(
@@ -245,49 +228,11 @@ def load_environment(
         ConfigError: an argument has a wrong value.
         TargetsError: the chosen split needs the official targets file and it is not available.
     """
-    for name, value in (
-        ("given_step_code", given_step_code),
-        ("sandbox", sandbox),
-        ("worker_mode", worker_mode),
-        ("isolation", isolation),
-    ):
-        config.check_choice(name, value)
-    if timeout_per_test <= 0 or memory_limit_mb <= 0 or max_output_mb <= 0 or infra_retries < 0:
-        raise ConfigError("timeout_per_test, memory_limit_mb and max_output_mb must be positive, infra_retries >= 0")
-    selected = load_problems(split=split, problems=tuple(problems or ()), source=dataset_source)
-    targets, hidden = resolve_targets(h5py_file, selected)
-    options = ExecutorOptions(
-        memory_mb=int(memory_limit_mb),
-        output_mb=int(max_output_mb),
-        concurrency=int(max_concurrent_steps),
-        disk_mb=int(max_disk_mb),
-        max_processes=int(max_processes),
-        extra={
-            "isolation": isolation,
-            "worker_mode": worker_mode,
-            "python": sandbox_python,
-            "hidden_paths": hidden,
-            "image": sandbox_docker_image,
-            "name": sandbox_name,
-            "cpu_cores": sandbox_cpu_cores,
-            "memory_gb": sandbox_memory_gb,
-            "disk_gb": sandbox_disk_gb,
-            "labels": tuple(sandbox_labels),
-            "timeout": float(timeout_per_test),
-        },
-    )
-    scorer = StepScorer(
-        make_executor(sandbox, options),
-        targets,
-        ScoringOptions(
-            timeout=float(timeout_per_test),
-            infra_retries=int(infra_retries),
-            max_probe_bytes=int(max_output_mb) << 20,
-            strict_comparisons=bool(strict_comparisons),
-        ),
-    )
+    args = {name: value for name, value in locals().items() if name != "kwargs"}  # the env args, by name
+    selection = components.select(args)
+    scorer = components.build_scorer(args, selection)
     return SciCodeEnv(
-        problems=selected,
+        problems=selection.problems,
         scorer=scorer,
         with_background=bool(with_background),
         given_code=given_step_code,

@@ -51,17 +51,19 @@ class SciCodeParser(_ParserBase):  # type: ignore[misc,valid-type]
 
     def parse_answer(self, completion) -> str | None:  # type: ignore[no-untyped-def]
         """The code of the last assistant message of a completion."""
-        messages = [m for m in completion if _role(m) == "assistant"] if isinstance(completion, list) else []
+        messages = [m for m in completion if message_role(m) == "assistant"] if isinstance(completion, list) else []
         if not messages:
             return extract_code(completion) if isinstance(completion, str) else None
-        return extract_code(_content(messages[-1]))
+        return extract_code(message_text(messages[-1]))
 
 
-def _role(message) -> str | None:  # type: ignore[no-untyped-def]
+def message_role(message) -> str | None:  # type: ignore[no-untyped-def]
+    """The role of a chat message (a dict or a message object)."""
     return message.get("role") if isinstance(message, dict) else getattr(message, "role", None)
 
 
-def _content(message) -> str:  # type: ignore[no-untyped-def]
+def message_text(message) -> str:  # type: ignore[no-untyped-def]
+    """The text of a chat message (a dict or a message object), its content parts joined."""
     content = message.get("content") if isinstance(message, dict) else getattr(message, "content", None)
     if isinstance(content, list):  # content parts
         return "".join(p.get("text", "") if isinstance(p, dict) else getattr(p, "text", "") for p in content)

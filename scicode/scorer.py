@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scicode.dataset import Problem, Step
+from scicode.dataset import Problem, Step, given_step_code
 from scicode.errors import SandboxUnavailable, TargetsError
 from scicode.execution.base import ExecResult, Executor, StepProgram
 from scicode.parser import has_code
 from scicode.program import build_step_program
-from scicode.targets import StepFileTargets, TargetStore
+from scicode.targets import ChainTargets, StepFileTargets, TargetStore
 from scicode.testplan import TestPlan, plan_step
 from scicode.verdict import FailureKind, StepVerdict, derive_targets, judge, no_run_verdict
 
@@ -81,9 +81,12 @@ class TargetService:
         self.derived = derived
         self._locks: dict[str, asyncio.Lock] = {}
 
+    def _stores(self) -> ChainTargets:
+        return ChainTargets([s for s in (self.official, self.derived) if s is not None])
+
     def available(self, step_id: str) -> bool:
         """True when targets for the step exist without deriving."""
-        return any(s is not None and s.has(step_id) for s in (self.official, self.derived))
+        return self._stores().has(step_id)
 
     def can_derive(self, step: Step) -> bool:
         """True when the step's targets can be derived (a validation step with gold code)."""
@@ -91,13 +94,13 @@ class TargetService:
 
     def load(self, step: Step) -> list[Any]:
         """Targets of a step (sync; called from the judging thread)."""
-        for store in (self.official, self.derived):
-            if store is not None and store.has(step.step_id):
-                return store.load(step.step_id, len(step.test_cases))
-        raise TargetsError(
-            f"no targets for step {step.step_id}; the test split needs the official test_data.h5 "
-            "(see the README, 'Targets')."
-        )
+        stores = self._stores()
+        if not stores.has(step.step_id):
+            raise TargetsError(
+                f"no targets for step {step.step_id}; the test split needs the official test_data.h5 "
+                "(see the README, 'Targets')."
+            )
+        return stores.load(step.step_id, len(step.test_cases))
 
     async def ensure(
         self, problem: Problem, step: Step, run: Callable[[StepProgram], Awaitable[ExecResult]], max_probe_bytes: int
@@ -124,7 +127,7 @@ async def derive_step(
         TargetsError: the gold run failed or its targets cannot be read.
     """
     index = problem.steps.index(step)
-    codes = [s.gold_code or "" for s in problem.steps[: index + 1]]
+    codes = problem.gold_codes(index)
     codes[index] = DERIVATION_SHIMS.get(step.step_id, "") + codes[index]
     program = program_for(problem, index, codes)
     result = await run(program)
@@ -161,6 +164,19 @@ class StepScorer:
                 await asyncio.sleep(self.options.retry_backoff * 2**attempt)
         raise AssertionError("unreachable")
 
+    @property
+    def isolation(self) -> str:
+        """What isolates the programs, as reported in every rollout's results."""
+        return str(getattr(self.executor, "isolation", self.executor.name))
+
+    async def ensure_targets(self, problem: Problem, step: Step) -> None:
+        """Derive the step's targets with this scorer's executor if no store has them yet.
+
+        Raises:
+            TargetsError, SandboxUnavailable: they could not be derived.
+        """
+        await self.targets.ensure(problem, step, self.run_program, self.options.max_probe_bytes)
+
     async def score(
         self, problem: Problem, index: int, codes: Sequence[str], *, session: str | None = None
     ) -> StepVerdict:
@@ -172,7 +188,7 @@ class StepScorer:
         if not has_code(codes[index]):
             return no_run_verdict(step.step_id, FailureKind.NO_CODE, "the reply contains no code")
         try:
-            await self.targets.ensure(problem, step, self.run_program, self.options.max_probe_bytes)
+            await self.ensure_targets(problem, step)
         except (TargetsError, SandboxUnavailable) as e:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
         program = program_for(problem, index, codes)
@@ -200,6 +216,19 @@ class StepScorer:
             return no_run_verdict(step.step_id, FailureKind.TARGETS_ERROR, str(e))
 
 
+def rollout_codes(problem: Problem, given_mode: str) -> list[str | None]:
+    """A rollout's code per step before any reply: given steps' code (in `given_mode`), else None."""
+    return [given_step_code(s, mode=given_mode) if s.given else None for s in problem.steps]
+
+
+def infrastructure_failure(records: Sequence[dict[str, Any]]) -> str | None:
+    """Why some steps of a rollout could not be judged (not the model's failure), if any could not."""
+    infra = [r for r in records if FailureKind(r["kind"]).is_infrastructure]
+    if not infra:
+        return None
+    return f"{len(infra)} step(s) could not be judged ({infra[0]['kind']}: {infra[0]['detail'][:300]})"
+
+
 def step_records(
     problem: Problem, verdicts: dict[str, StepVerdict], codes: Sequence[str | None]
 ) -> list[dict[str, Any]]:
@@ -208,8 +237,8 @@ def step_records(
     for i, step in enumerate(problem.steps):
         if step.given:
             continue
-        verdict = verdicts.get(step.step_id) or StepVerdict(
-            step.step_id, False, FailureKind.NO_CODE, "the rollout ended before this step was answered", 0.0
+        verdict = verdicts.get(step.step_id) or no_run_verdict(
+            step.step_id, FailureKind.NO_CODE, "the rollout ended before this step was answered"
         )
         records.append({"problem_id": problem.problem_id, **verdict.to_dict(), "code": codes[i] or ""})
     return records

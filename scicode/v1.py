@@ -25,15 +25,13 @@ import verifiers.v1 as vf
 from openai import AsyncOpenAI
 from pydantic import Field
 
-from scicode import config, scores
-from scicode.dataset import Problem, given_step_code, load_problems
-from scicode.errors import ConfigError
-from scicode.execution import ExecutorOptions, make_executor
+from scicode import components, config, scores
+from scicode.components import Selection
+from scicode.dataset import Problem
 from scicode.parser import extract_code
 from scicode.prompts import step_prompt
-from scicode.scorer import ScoringOptions, StepScorer, step_records
-from scicode.target_sources import resolve_targets
-from scicode.verdict import FAILURE_KINDS, FailureKind, StepVerdict
+from scicode.scorer import StepScorer, infrastructure_failure, rollout_codes, step_records
+from scicode.verdict import FAILURE_KINDS, StepVerdict
 
 
 def _arg(name: str) -> Any:
@@ -107,22 +105,17 @@ class SciCodeTask(vf.Task[SciCodeData]):
 class SciCodeTaskset(vf.Taskset[SciCodeTask, SciCodeConfig]):
     """One task per SciCode problem of the configured split."""
 
-    _problems: dict[str, Problem] | None = None
+    _selection: Selection | None = None
+
+    def selection(self) -> Selection:
+        """The selected problems and their targets (once; a missing targets file fails at once)."""
+        if self._selection is None:
+            self._selection = components.select(self.config.model_dump())
+        return self._selection
 
     def problems(self) -> dict[str, Problem]:
-        """The selected problems by id (loaded once; the test split's targets checked at once)."""
-        if self._problems is None:
-            cfg = self.config
-            for name in ("split", "dataset_source", "given_step_code", "sandbox", "isolation", "worker_mode"):
-                config.check_choice(name, getattr(cfg, name))
-            if min(cfg.timeout_per_test, cfg.memory_limit_mb, cfg.max_output_mb) <= 0 or cfg.infra_retries < 0:
-                raise ConfigError(
-                    "timeout_per_test, memory_limit_mb and max_output_mb must be positive, infra_retries >= 0"
-                )
-            selected = load_problems(split=cfg.split, problems=tuple(cfg.problems), source=cfg.dataset_source)
-            resolve_targets(cfg.h5py_file, selected)  # fail now, before any model call, if targets are missing
-            self._problems = {p.problem_id: p for p in selected}
-        return self._problems
+        """The selected problems by id."""
+        return {p.problem_id: p for p in self.selection().problems}
 
     def load(self) -> list[SciCodeTask]:
         """The tasks: each turn's prompt is built by the env, so the data holds no prompt."""
@@ -200,38 +193,8 @@ class SciCodeV1Env(vf.SingleAgentEnv, vf.Env[SciCodeEnvConfig]):
 
     async def start(self) -> None:
         """Build the env-wide scorer and its executor."""
-        cfg: SciCodeConfig = self.taskset.config  # type: ignore[assignment]
-        problems = list(self.taskset.problems().values())  # type: ignore[attr-defined]
-        targets, hidden = resolve_targets(cfg.h5py_file, problems)
-        options = ExecutorOptions(
-            memory_mb=cfg.memory_limit_mb,
-            output_mb=cfg.max_output_mb,
-            concurrency=cfg.max_concurrent_steps,
-            disk_mb=cfg.max_disk_mb,
-            max_processes=cfg.max_processes,
-            extra={
-                "isolation": cfg.isolation,
-                "worker_mode": cfg.worker_mode,
-                "python": cfg.sandbox_python,
-                "hidden_paths": hidden,
-                "image": cfg.sandbox_docker_image,
-                "name": cfg.sandbox_name,
-                "cpu_cores": cfg.sandbox_cpu_cores,
-                "memory_gb": cfg.sandbox_memory_gb,
-                "disk_gb": cfg.sandbox_disk_gb,
-                "labels": tuple(cfg.sandbox_labels),
-            },
-        )
-        self.scorer = StepScorer(
-            make_executor(cfg.sandbox, options),
-            targets,
-            ScoringOptions(
-                timeout=cfg.timeout_per_test,
-                infra_retries=cfg.infra_retries,
-                max_probe_bytes=cfg.max_output_mb << 20,
-                strict_comparisons=cfg.strict_comparisons,
-            ),
-        )
+        args = self.taskset.config.model_dump()
+        self.scorer = components.build_scorer(args, self.taskset.selection())  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         """Stop the executor's workers or sandboxes."""
@@ -248,9 +211,7 @@ class SciCodeV1Env(vf.SingleAgentEnv, vf.Env[SciCodeEnvConfig]):
         assert self.scorer is not None, "the env must be served (env.serving()) before running episodes"
         cfg: SciCodeConfig = self.taskset.config  # type: ignore[assignment]
         problem = self.taskset.problems()[task.data.problem_id]  # type: ignore[attr-defined]
-        codes: list[str | None] = [
-            given_step_code(s, mode=cfg.given_step_code) if s.given else None for s in problem.steps
-        ]
+        codes = rollout_codes(problem, cfg.given_step_code)
         pending: list[asyncio.Task[StepVerdict]] = []
         async with agents.agent.interaction(task) as chat:
             session = f"{task.data.problem_id}-{id(chat)}"
@@ -271,15 +232,12 @@ class SciCodeV1Env(vf.SingleAgentEnv, vf.Env[SciCodeEnvConfig]):
                     p.cancel()
                 await self.scorer.executor.release(session)
             records = step_records(problem, verdicts, codes)
-            isolation = getattr(self.scorer.executor, "isolation", self.scorer.executor.name)
             chat.trace.info["scicode"] = {
                 "problem_id": problem.problem_id,
                 "split": problem.split,
                 "steps": records,
-                "isolation": isolation,
+                "isolation": self.scorer.isolation,
             }
-            infra = [r for r in records if FailureKind(r["kind"]).is_infrastructure]
-            if infra:
-                raise vf.SandboxError(
-                    f"{len(infra)} step(s) could not be judged ({infra[0]['kind']}: {infra[0]['detail'][:300]})"
-                )
+            failure = infrastructure_failure(records)
+            if failure is not None:
+                raise vf.SandboxError(failure)
