@@ -218,7 +218,7 @@ async def _targets(args: argparse.Namespace) -> int:
     service, hidden = resolve_targets("auto", problems)
     service.official = None  # derive, whatever the cache holds
     executor = make_executor("local", ExecutorOptions(extra={"hidden_paths": hidden}))
-    scorer = StepScorer(executor, service, ScoringOptions())
+    scorer = StepScorer(executor, service, ScoringOptions(), derivation=executor)  # runs gold code only
     steps = [(p, s) for p in problems for s in p.scored_steps]
     try:
         await _derive_all(scorer, steps)

@@ -80,4 +80,6 @@ def build_scorer(args: Mapping[str, Any], selection: Selection) -> StepScorer:
             max_probe_bytes=int(args["max_output_mb"]) << 20,
             strict_comparisons=bool(args["strict_comparisons"]),
         ),
+        # Validation targets are derived on this machine, by workers that never run model code.
+        derivation=make_executor("local", options) if selection.targets.derived is not None else None,
     )

@@ -180,7 +180,7 @@ class SciCodeEnv(vf.MultiTurnEnv):
     @vf.teardown
     async def close_executor(self) -> None:
         """Stop sandbox workers when the environment is torn down."""
-        await self.scorer.executor.aclose()
+        await self.scorer.aclose()
 
 
 def _text(messages: Any) -> str:

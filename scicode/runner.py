@@ -90,7 +90,7 @@ async def _run_classic(job: _Job) -> tuple[list[Outcome], dict[str, object]]:
         )
         described = env.scorer.executor.describe()
     finally:
-        await env.scorer.executor.aclose()
+        await env.scorer.aclose()
     outcomes = []
     for o in out["outputs"]:
         sc = o.get("scicode") or {}

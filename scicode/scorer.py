@@ -140,10 +140,47 @@ async def derive_step(
 class StepScorer:
     """Scores steps of problems (see module docstring)."""
 
-    def __init__(self, executor: Executor, targets: TargetService, options: ScoringOptions) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        targets: TargetService,
+        options: ScoringOptions,
+        *,
+        derivation: Executor | None = None,
+    ) -> None:
         self.executor = executor
         self.targets = targets
         self.options = options
+        # Gold code never runs where model code runs: validation targets are derived by an executor
+        # of their own (local: workers that never see a model's program), never inside a rollout's
+        # slot, so derivation can neither leak gold code to a model nor wait on a rollout.
+        self._derivation = derivation
+
+    @property
+    def derivation(self) -> Executor:
+        """The executor that runs gold code to derive validation targets (made on first use)."""
+        if self._derivation is None:
+            from scicode.execution import ExecutorOptions, make_executor
+
+            self._derivation = make_executor("local", ExecutorOptions(extra={"isolation": "auto"}))
+        return self._derivation
+
+    async def _run_gold(self, program: StepProgram) -> ExecResult:
+        for attempt in range(self.options.infra_retries + 1):
+            try:
+                return await self.derivation.run(program, timeout=self.options.timeout)
+            except SandboxUnavailable as e:
+                if attempt == self.options.infra_retries:
+                    raise
+                logger.warning("sandbox failure deriving step %s (attempt %d): %s", program.step_id, attempt + 1, e)
+                await asyncio.sleep(self.options.retry_backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        """Close both executors."""
+        await self.executor.aclose()
+        if self._derivation is not None:
+            await self._derivation.aclose()
 
     async def run_program(self, program: StepProgram, session: str | None = None) -> ExecResult:
         """Run a program, retrying sandbox failures with backoff.
@@ -170,12 +207,12 @@ class StepScorer:
         return str(getattr(self.executor, "isolation", self.executor.name))
 
     async def ensure_targets(self, problem: Problem, step: Step) -> None:
-        """Derive the step's targets with this scorer's executor if no store has them yet.
+        """Derive the step's targets (with the derivation executor) if no store has them yet.
 
         Raises:
             TargetsError, SandboxUnavailable: they could not be derived.
         """
-        await self.targets.ensure(problem, step, self.run_program, self.options.max_probe_bytes)
+        await self.targets.ensure(problem, step, self._run_gold, self.options.max_probe_bytes)
 
     async def score(
         self, problem: Problem, index: int, codes: Sequence[str], *, session: str | None = None

@@ -199,7 +199,7 @@ class SciCodeV1Env(vf.SingleAgentEnv, vf.Env[SciCodeEnvConfig]):
     async def stop(self) -> None:
         """Stop the executor's workers or sandboxes."""
         if self.scorer is not None:
-            await self.scorer.executor.aclose()
+            await self.scorer.aclose()
             self.scorer = None
 
     def describe_executor(self) -> dict[str, object]:

@@ -1,14 +1,20 @@
 """Isolation levels of the local backend, probed once, strongest first.
 
-- `bwrap`: the program sees only the OS, the interpreter and its libraries (no home, no project,
-  no targets, no package data, no other processes), writes only to a size-limited private tmpfs,
-  has no network and no capabilities, cannot signal its worker (PID 1), cannot outlive its timeout.
-- `unshare`: the worker has its own user, mount, network and PID namespaces (it is PID 1): no
-  network, no way to outlive the timeout or to signal the worker, and targets, caches, package data,
-  other workers' programs and the usual credential files are hidden; the harness is read-only. The
-  program can still read the user's other files and write to the host's disks.
+At `bwrap` and `unshare` the guarantees are the same; only what builds the worker's sandbox
+differs (bubblewrap, or the worker itself with `enter_root`):
+
+- The filesystem is a minimal read-only view: the OS, the interpreter and its libraries, the
+  sandbox payload. Home directories, the checkout of an editable install, caches, targets, the
+  package's data (gold code) and secret files are not there; site-packages is read-only.
+- No network, no capabilities. The worker is PID 1 of its own PID namespace and not dumpable:
+  programs cannot signal it, trace it or read its memory.
+- Each program is PID 1 of namespaces of its own (PID, user, mount, IPC), with a fresh,
+  size-capped `/tmp` and `/dev/shm`: when it ends, everything it started ends, and no file it
+  wrote is visible to any later program.
+
 - `none`: every descendant is still killed (child subreaper), but the program can read the user's
-  files, reach the network and signal its worker. A warning is logged once.
+  files, reach the network and signal its worker. A warning is logged once, and every result
+  records the level.
 
 All levels also get: a scrubbed environment (no API keys or tokens), and per-program limits on
 address space, file size, CPU time and core dumps, a new session, and a death signal.
@@ -58,8 +64,25 @@ _HOME_SECRETS = (
 
 
 @dataclass(frozen=True)
+class RootSpec:
+    """The filesystem a sandbox sees: all read-only but its private `/tmp`; nothing else of the host."""
+
+    binds: tuple[str, ...]
+    """Host paths shown read-only at the same place: the OS, the interpreter, the payload."""
+    symlinks: tuple[tuple[str, str], ...]
+    """(target, path): the OS's top-level symlinks (`/bin` -> `usr/bin`)."""
+    masks: tuple[str, ...]
+    """Paths inside the binds that stay hidden: secret files, installed package data, targets."""
+    tmp_bytes: int
+
+    def to_json(self) -> dict[str, object]:
+        """The form `scicode.runtime.worker.enter_root` reads."""
+        return {"binds": self.binds, "symlinks": self.symlinks, "masks": self.masks, "tmp_bytes": self.tmp_bytes}
+
+
+@dataclass(frozen=True)
 class Level:
-    """An isolation level: how workers are started and whether they make per-task namespaces."""
+    """An isolation level: how workers are started, and whether each program gets namespaces of its own."""
 
     name: str
     notes: str
@@ -67,26 +90,26 @@ class Level:
     python: str
 
     def command(
-        self, argv: Sequence[str], *, payload: Path, scratch: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES
+        self,
+        argv: Sequence[str],
+        *,
+        payload: Path,
+        scratch: Path,
+        hidden: Sequence[str],
+        worker_tmp_bytes: int = TMPFS_BYTES,
     ) -> list[str]:
-        """The command that starts a worker (`argv` + scratch dir + config) with this isolation."""
-        if self.name == "bwrap":
-            args = _bwrap_args(self.python, payload=payload, hidden=hidden, disk_bytes=disk_bytes)
-            return [*args, "--", *argv, SANDBOX_SCRATCH]
-        if self.name == "unshare":
-            config = {"namespaces": True, "masks": self._masks([*hidden, str(scratch)]), "read_only": [str(payload)]}
-            return [*argv, str(scratch), json.dumps(config)]
-        return [*argv, str(scratch)]
+        """The command that starts a worker (`argv` + scratch dir + config) with this isolation.
 
-    def _masks(self, hidden: Sequence[str]) -> list[str]:
-        """What the worker's mount namespace hides at the `unshare` level.
-
-        Targets, caches, the usual credential files, installed package data, and (by hiding the
-        scratch root and keeping only the worker's own directory reachable) other workers' programs.
+        `worker_tmp_bytes` bounds the worker's own `/tmp` (where programs' outputs land); each
+        program's scratch is a tmpfs of its own, sized per request.
         """
-        home = Path.home()
-        paths = [*hidden, *(str(home / name) for name in _HOME_SECRETS), *_package_dirs(_python_paths(self.python))]
-        return sorted({os.path.realpath(p) for p in paths if os.path.exists(p)})
+        config: dict[str, object] = {"isolate": self.namespaces}
+        if self.name == "bwrap":
+            args = _bwrap_args(_root_spec(self.python, payload, hidden, worker_tmp_bytes))
+            return [*args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]
+        if self.name == "unshare":
+            config.update(namespaces=True, root=_root_spec(self.python, payload, hidden, worker_tmp_bytes).to_json())
+        return [*argv, str(scratch), json.dumps(config)]
 
 
 def scrubbed_env(*, payload: Path) -> dict[str, str]:
@@ -94,7 +117,8 @@ def scrubbed_env(*, payload: Path) -> dict[str, str]:
     env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LANG", "C.UTF-8")
-    env.update(PROGRAM_ENV, PYTHONPATH=str(payload), PYTHONNOUSERSITE="1")
+    # PYTHONSAFEPATH: `python -m` must not import from the current directory (a checkout), only the payload.
+    env.update(PROGRAM_ENV, PYTHONPATH=str(payload), PYTHONNOUSERSITE="1", PYTHONSAFEPATH="1")
     return env
 
 
@@ -139,15 +163,15 @@ def probe(python: str) -> dict[str, Level]:
     if _namespaces_work(python):
         levels["unshare"] = Level(
             "unshare",
-            "user, mount, network and PID namespaces per worker; secrets and other workers hidden",
+            "own namespaces and minimal read-only root per worker; PID, mount, IPC namespaces and tmpfs per program",
             True,
             python,
         )
     if shutil.which("bwrap") and _bwrap_works(python):
         levels["bwrap"] = Level(
             "bwrap",
-            "bubblewrap: minimal read-only filesystem, private tmpfs, no network, no capabilities, "
-            "per-program PID namespace",
+            "bubblewrap: minimal read-only root, no network, no capabilities; PID, mount, IPC namespaces "
+            "and tmpfs per program",
             True,
             python,
         )
@@ -162,19 +186,7 @@ def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Co
 
 
 def _namespaces_work(python: str) -> bool:
-    code = (
-        "import os,sys\n"
-        "from scicode.runtime.worker import new_namespaces, apply_masks\n"
-        "if not new_namespaces(): sys.exit(3)\n"
-        "pid = os.fork()\n"
-        "if pid == 0:\n"
-        "    apply_masks([], [])\n"
-        "    os._exit(0 if os.getpid() == 1 and os.listdir('/proc') else 4)\n"
-        "_, st = os.waitpid(pid, 0); sys.exit(os.waitstatus_to_exitcode(st))\n"
-    )
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    result = _run([python, "-c", code], env=env)
-    return result is not None and result.returncode == 0
+    return _level_works(Level("unshare", "", True, python))
 
 
 @functools.cache
@@ -208,63 +220,83 @@ def _package_dirs(python_paths: Sequence[str]) -> list[str]:
     return [os.path.join(p, "scicode") for p in python_paths if os.path.isdir(os.path.join(p, "scicode", "data"))]
 
 
-def _bwrap_args(python: str, *, payload: Path, hidden: Sequence[str], disk_bytes: int = TMPFS_BYTES) -> list[str]:
+def _root_spec(python: str, payload: Path, hidden: Sequence[str], tmp_bytes: int) -> RootSpec:
+    symlinks = tuple((os.readlink(d), d) for d in _SYSTEM_DIRS if os.path.islink(d))
+    binds = [d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
+    binds += [*_python_paths(python), str(payload)]
+    masks = []
+    for path in (*_SECRET_FILES, *hidden, *_package_dirs(_python_paths(python))):
+        real = os.path.realpath(path)
+        if os.path.exists(real) and any(real == b or real.startswith(b.rstrip("/") + "/") for b in binds):
+            masks.append(real)
+    return RootSpec(tuple(binds), symlinks, tuple(sorted(set(masks))), tmp_bytes)
+
+
+def _bwrap_args(spec: RootSpec) -> list[str]:
     # --as-pid-1: the worker itself is PID 1 (the reaper of every orphan, unkillable from inside).
-    args = [
-        "bwrap",
-        "--unshare-all",
-        "--unshare-user",
-        "--die-with-parent",
-        "--new-session",
-        "--as-pid-1",
-        "--cap-drop",
-        "ALL",
-    ]
-    bound: list[str] = []
-    for d in _SYSTEM_DIRS:
-        if os.path.islink(d):
-            args += ["--symlink", os.readlink(d), d]
-        elif os.path.isdir(d):
-            args += ["--ro-bind", d, d]
-            bound.append(d)
+    # A non-root uid inside: the worker's per-program user namespaces may then map it without
+    # capabilities (mapping uid 0 needs CAP_SETFCAP, which the sandbox does not have).
+    inner = str(os.getuid() or 1000)
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--uid", inner, "--gid", inner]
+    args += ["--die-with-parent", "--new-session", "--as-pid-1", "--cap-drop", "ALL"]
+    for target, path in spec.symlinks:
+        args += ["--symlink", target, path]
     # The private /tmp first: interpreter or payload paths under /tmp are bound on top of it.
-    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", "/tmp"]  # noqa: S108
-    for p in _python_paths(python):
-        args += ["--ro-bind", p, p]
-        bound.append(p)
-    args += ["--ro-bind", str(payload), str(payload)]
-    masks = [*_SECRET_FILES, *hidden, *_package_dirs(_python_paths(python))]
-    for path in masks:
-        path = os.path.realpath(path)
-        if not any(path == b or path.startswith(b.rstrip("/") + "/") for b in bound) or not os.path.exists(path):
-            continue
+    args += ["--proc", "/proc", "--dev", "/dev", "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
+    for path in spec.binds:
+        args += ["--ro-bind", path, path]
+    for path in spec.masks:
         args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     args += ["--chdir", "/tmp"]  # noqa: S108 - the private tmpfs
     return args
 
 
 def _bwrap_works(python: str) -> bool:
+    return _level_works(Level("bwrap", "", True, python))
+
+
+def _level_works(level: Level) -> bool:
+    """Whether a worker started at `level` runs a program in its own namespaces (one real round trip)."""
     import tempfile
 
     from scicode.execution.payload import write_payload
 
     with tempfile.TemporaryDirectory(prefix="scicode-probe-") as tmp:
-        payload = write_payload(Path(tmp))
+        payload = write_payload(Path(tmp) / "payload")
+        scratch = Path(tmp) / "tasks"
+        scratch.mkdir()
         try:
-            cmd = [
-                *_bwrap_args(python, payload=payload, hidden=()),
-                "--",
-                python,
-                "-c",
-                "import scicode.codec; print('ok')",
-            ]
+            argv = [level.python, "-m", "scicode.runtime.worker", "fresh"]
+            cmd = level.command(argv, payload=payload, scratch=scratch, hidden=(), worker_tmp_bytes=64 << 20)
         except ConfigError:
             return False
-        result = _run(cmd, env=scrubbed_env(payload=payload))
-    if result is None or result.returncode != 0:
-        logger.info("bubblewrap is installed but does not work here: %s", (result.stderr if result else "")[-500:])
-        return False
-    return result.stdout.strip() == "ok"
+        request = {
+            "id": 1,
+            "source": "import os\nassert os.getpid() == 1, os.getpid()\n",
+            "timeout": 60,
+            "memory_bytes": 1 << 32,
+            "output_bytes": 1 << 20,
+            "disk_bytes": 1 << 20,
+            "env": scrubbed_env(payload=payload),
+        }
+        try:
+            result = subprocess.run(
+                cmd,
+                input=json.dumps(request) + "\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=scrubbed_env(payload=payload),
+                cwd=tmp,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    replies = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    ok = len(replies) == 2 and replies[1].get("returncode") == 0
+    if not ok:
+        logger.info("isolation level %s does not work here: %s %s", level.name, replies, result.stderr[-500:])
+    return ok and replies[0].get("isolate") is True
 
 
 def sandbox_python_default() -> str:

@@ -189,7 +189,8 @@ class LocalExecutor:
             payload=self._payload,
             scratch=self._tasks,
             hidden=self.options.hidden_paths,
-            disk_bytes=self.options.disk_mb << 20,
+            # The worker's own /tmp holds only a program's three output files at a time.
+            worker_tmp_bytes=(3 * self.options.output_mb + 64) << 20,
         )
         log = open(self._root / "worker.log", "ab")  # noqa: SIM115 - owned by the child
         try:
@@ -199,6 +200,7 @@ class LocalExecutor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 env=self._env(),
+                cwd=self._root,
                 start_new_session=True,
                 limit=(self.options.output_mb << 21) + (1 << 20),  # base64 probe + tails in one line
             )
@@ -263,6 +265,7 @@ class LocalExecutor:
             "timeout": float(timeout),
             "memory_bytes": self.options.memory_mb << 20,
             "output_bytes": self.options.output_mb << 20,
+            "disk_bytes": self.options.disk_mb << 20,
             "env": self._env(),
             "max_processes": self.options.max_processes,
         }

@@ -118,7 +118,14 @@ def run_program(path: str, probe_fd: int) -> int:
 def main() -> None:
     """Entry point of the fresh-interpreter mode."""
     fd = int(os.environ.pop("SCICODE_PROBE_FD"))
+    status = os.environ.pop("SCICODE_STATUS_FD", None)
+    import ctypes
+
+    ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE: execve made this process dumpable again
     sys.argv = [PROGRAM_NAME]
+    if status is not None:  # the worker's "the program started" signal (see scicode.runtime.worker)
+        os.write(int(status), b"S")
+        os.close(int(status))
     sys.exit(run_program(PROGRAM_NAME, fd))
 
 

@@ -1,23 +1,31 @@
-"""The sandbox worker: runs step programs, one child process per program, and reports how each ended.
+"""The sandbox worker: runs step programs, one disposable unit per program, and reports how each ended.
 
 Protocol: one JSON request per line on stdin, one JSON reply per line on the original stdout.
-A request carries the program's source; the worker writes it to a fresh task directory under its
-scratch root (a size-limited tmpfs under bubblewrap), the child writes `stdout.txt`, `stderr.txt`
-and `probe.bin` there, and the reply carries the probe bytes and the tails of the output files
-back, so the sandbox never needs a directory the host can see.
+A request carries the program's source; the program's process writes it into its own scratch,
+writes `stdout.txt`, `stderr.txt` and `probe.bin` to a task directory only the worker can reach
+afterwards, and the reply carries the probe bytes and the tails of the output files back.
 
-Isolation is set up once per worker, not per program: under bubblewrap the worker is PID 1 of
-the sandbox; with `--namespaces` it creates its own user, mount, network and PID namespaces (and
-hides the given paths) and continues as PID 1 of them. Either way every process a program starts
-stays a descendant of the worker (PID 1, or a child subreaper at level `none`), which enforces the
-wall-clock timeout and the process limit and kills every descendant after each program. A program
-cannot signal PID 1 from inside its namespace, and it runs without capabilities.
+Two layers of isolation:
+
+* The worker, once: under bubblewrap it is PID 1 of the sandbox; at the `unshare` level it creates
+  its own user, mount, network and PID namespaces, builds a minimal read-only root (`enter_root`:
+  only the OS, the interpreter and the payload, secrets masked) and continues as PID 1 there.
+* Each program, with `isolate`: its process is PID 1 of a PID namespace of its own, with its own
+  user, mount and IPC namespaces, a fresh size-capped tmpfs as `/tmp` (its cwd and `HOME`) and
+  `/dev/shm`, and its worker hidden from `/proc`. When it ends, the kernel kills everything it
+  started (forks, threads of zombie leaders, daemons), and nothing it wrote outlives it. The
+  namespaces are made in the pre-forked "spare" process, off the critical path.
+
+How a program ended is reported by this worker, which the program cannot signal or reach: the
+program's process writes one byte (`STARTED`) just before program code runs, so "the sandbox could
+not start the program" (infrastructure) can never be forged by the program, and whatever happens
+after it (exit codes, signals, a full scratch) is the program's own outcome.
 
 Modes: `warm` imports the scientific stack once and forks one child per program (milliseconds);
 `fresh` starts a new interpreter per program, exactly like `python program.py`.
 
 Usage: python -m scicode.runtime.worker {warm|fresh} SCRATCH_DIR [CONFIG_JSON]
-CONFIG_JSON: {"namespaces": bool, "masks": [paths to hide], "read_only": [paths]}
+CONFIG_JSON: {"namespaces": bool, "root": {...} (see `enter_root`), "isolate": bool}
 """
 
 from __future__ import annotations
@@ -56,12 +64,18 @@ PRELOAD = (
     "scicode.compare.cmp",
 )
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-PR_SET_PDEATHSIG, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 24, 36, 38
+CLONE_NEWIPC = 0x08000000
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_BIND, MS_REMOUNT, MS_REC, MS_PRIVATE = 4096, 32, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REMOUNT, MS_REC = 1024, 2048, 4096, 8192, 32, 16384
+MS_PRIVATE, MS_RELATIME = 1 << 18, 1 << 21
+MNT_DETACH = 2
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 POLL_SECONDS = 0.05
-TASK_EXIT_SETUP_FAILED = 97
+STARTED = b"S"
+"""Written by the program's process just before program code runs (see the module docstring)."""
 TAIL_BYTES = 16 * 1024
+DEVICES = ("null", "zero", "full", "random", "urandom")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -78,6 +92,31 @@ def _write_file(path: str, text: str) -> None:
         os.close(fd)
 
 
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> bool:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
+
+
+def _must_mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if not _mount(source, target, fstype, flags, data):
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {source or fstype} on {target}: {os.strerror(err)}")
+
+
+def _unshare_user(rest: int) -> bool:
+    """Unshare a user namespace (mapping this uid and gid to themselves) plus `rest`."""
+    uid, gid = os.getuid(), os.getgid()
+    if _libc.unshare(CLONE_NEWUSER | rest) != 0:
+        return False
+    try:
+        _write_file("/proc/self/setgroups", "deny")
+        _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
+        _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
+    except OSError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------------------------------------
 # Worker-level isolation (once)
 # ---------------------------------------------------------------------------------------------
@@ -89,43 +128,94 @@ def new_namespaces() -> bool:
     The caller's next child becomes PID 1 of the new PID namespace. Returns False when the kernel
     refuses.
     """
-    uid, gid = os.getuid(), os.getgid()
     rest = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
-    if _libc.unshare(CLONE_NEWUSER | rest) == 0:
-        try:
-            _write_file("/proc/self/setgroups", "deny")
-            _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
-            _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
-        except OSError:
-            pass
-        return True
-    return _libc.unshare(rest) == 0
+    return _unshare_user(rest) or _libc.unshare(rest) == 0
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> bool:
-    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
-    return _libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)) == 0
+def _remount_read_only(path: str) -> None:
+    """Make the mount at `path` read-only, keeping the flags a user namespace may not drop."""
+    kept = os.statvfs(path).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+    flags |= kept & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    flags |= MS_RELATIME if kept & os.ST_RELATIME else 0
+    _must_mount(None, path, None, flags)
 
 
-def apply_masks(masks: list[str], read_only: list[str]) -> None:
-    """Set up this (private) mount namespace: a fresh /proc, paths hidden or made read-only.
+def _mounts_under(path: str) -> list[str]:
+    """Mount points at or below `path` (from /proc/self/mountinfo), parents first."""
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")  # \040 etc.
+            if point == path or point.startswith(path.rstrip("/") + "/"):
+                out.append(point)
+    return sorted(set(out), key=len)
 
-    A hidden directory gets an empty read-only tmpfs over it, a hidden file /dev/null.
+
+def _bind_read_only(source: str, dest: str) -> None:
+    if os.path.isdir(source):
+        os.makedirs(dest, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if not os.path.exists(dest):
+            open(dest, "wb").close()
+    _must_mount(source, dest, None, MS_BIND | MS_REC)
+    for point in _mounts_under(dest):
+        _remount_read_only(point)
+
+
+def _pivot_root(new_root: str) -> None:
+    old = os.path.join(new_root, ".old-root")
+    os.mkdir(old)
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None or _libc.syscall(number, new_root.encode(), old.encode()) != 0:
+        raise OSError(ctypes.get_errno(), f"pivot_root to {new_root} failed")
+    os.chdir("/")
+    _libc.umount2(b"/.old-root", MNT_DETACH)
+    os.rmdir("/.old-root")
+
+
+def enter_root(spec: dict[str, Any], base: str) -> None:
+    """Replace this mount namespace's root with a minimal read-only one, built on `base`.
+
+    `spec`: `binds` (paths shown read-only at the same place), `symlinks` ([target, path]),
+    `masks` (paths hidden: a directory gets an empty read-only tmpfs, a file /dev/null) and
+    `tmp_bytes` (the size of the writable `/tmp`). Nothing else of the host is reachable: not the
+    home directory, the checkout of an editable install, caches, targets or site-packages' data.
     """
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    for path in read_only:
-        if os.path.exists(path) and _mount(path, path, None, MS_BIND | MS_REC):
-            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-    for path in masks:
-        if os.path.isdir(path):
-            _mount("none", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-        elif os.path.exists(path) and _mount("/dev/null", path, None, MS_BIND):
-            _mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+    _must_mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _must_mount("tmpfs", base, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+    inside = lambda path: os.path.join(base, path.lstrip("/"))  # noqa: E731
+    for target, path in spec.get("symlinks", []):
+        os.symlink(target, inside(path))
+    os.makedirs(inside("/tmp"))
+    _must_mount("tmpfs", inside("/tmp"), "tmpfs", MS_NOSUID | MS_NODEV, f"size={int(spec['tmp_bytes'])},mode=1777")
+    for path in sorted(spec.get("binds", []), key=lambda p: p.count("/")):
+        _bind_read_only(path, inside(path))
+    os.makedirs(inside("/dev/shm"))
+    for name in DEVICES:
+        _bind_read_only(f"/dev/{name}", inside(f"/dev/{name}"))
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1")):
+        os.symlink(target, inside(f"/dev/{name}"))
+    os.symlink("/proc/self/fd/2", inside("/dev/stderr"))
+    os.makedirs(inside("/proc"))
+    _must_mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for path in spec.get("masks", []):
+        _mask(inside(path))
+    _pivot_root(base)
+    _must_mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
-def _become_namespace_init(config: dict[str, Any]) -> None:
-    """Enter new namespaces and continue as their PID 1; the original process only waits."""
+def _mask(path: str) -> None:
+    if os.path.isdir(path):
+        _must_mount("none", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+    elif os.path.exists(path):
+        _must_mount("/dev/null", path, None, MS_BIND)
+        _remount_read_only(path)
+
+
+def _become_namespace_init(config: dict[str, Any], base: str) -> None:
+    """Enter new namespaces and continue as their PID 1 in a minimal root; the original process only waits."""
     if not new_namespaces():
         raise SystemExit("scicode worker: the kernel refused new namespaces")
     pid = os.fork()
@@ -133,12 +223,50 @@ def _become_namespace_init(config: dict[str, Any]) -> None:
         signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    apply_masks(config.get("masks") or [], config.get("read_only") or [])
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    enter_root(config["root"], base)
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-program setup (in the child)
+# Per-program isolation (in the spare, ahead of time, and in the program's process)
 # ---------------------------------------------------------------------------------------------
+
+
+def program_namespaces() -> bool:
+    """New user, PID, mount and IPC namespaces for the caller's next child (the program)."""
+    return _unshare_user(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
+
+
+def _private_scratch(disk_bytes: int) -> str:
+    """In the program's own namespaces: fresh tmpfs scratch, the worker out of sight; the cwd to use.
+
+    `/tmp` becomes a fresh tmpfs holding only what the sandbox bound below it (an interpreter or
+    payload under /tmp, still read-only), so the worker's scratch and earlier programs' files are
+    gone. `/dev/shm` is fresh too. A fresh `/proc` shows only the program's own processes; where
+    the kernel refuses one (a `/proc` with locked overmounts, as under bubblewrap) the worker's
+    entry (PID 1) is covered instead. The worker is not dumpable either way.
+    """
+    _must_mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if not _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
+        _must_mount("none", "/proc/1", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+    keep = [p for p in _mounts_under("/tmp") if p != "/tmp"]
+    stage = "/dev/shm"
+    _must_mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=1777")
+    fresh = os.path.join(stage, "tmp")
+    os.mkdir(fresh)
+    os.chmod(fresh, 0o1777)
+    for path in keep:
+        dest = fresh + path[len("/tmp") :]
+        if os.path.isdir(path):
+            os.makedirs(dest, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            open(dest, "wb").close()
+        _must_mount(path, dest, None, MS_BIND | MS_REC)  # a bind keeps the source's read-only flag
+    _must_mount(fresh, "/tmp", None, MS_BIND | MS_REC)
+    _libc.umount2(stage.encode(), MNT_DETACH)
+    _must_mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=1777")
+    return "/tmp"
 
 
 class _CapHeader(ctypes.Structure):
@@ -173,30 +301,38 @@ def _set_limits(req: dict[str, Any]) -> None:
             resource.setrlimit(which, (soft, hard))
 
 
-def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
-    """In the program's process: session, files, limits, no capabilities, then run. Never returns.
+def _task_main(req: dict[str, Any], mode: str, status_fd: int, isolated: bool) -> None:
+    """In the program's process: scratch, files, limits, no capabilities, then run. Never returns.
 
-    Just before exiting it writes its exit status to `status_fd`, so the worker can collect the
-    results without waiting for the kernel to tear down this (large, forked) address space.
+    Writes `STARTED` to `status_fd` just before program code runs. In `warm` mode it also writes
+    the exit status there just before exiting, so the worker can collect the results without
+    waiting for the kernel to tear down this (large, forked) address space.
     """
     os.setsid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
-    os.chdir(req["dir"])
+    task_dir = req["dir"]
     null = os.open(os.devnull, os.O_RDONLY)
-    out = os.open("stdout.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    err = os.open("stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    probe = os.open("probe.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-    for src, dst in ((null, 0), (out, 1), (err, 2), (probe, 3), (status_fd, 4)):
+    outputs = [
+        os.open(os.path.join(task_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | extra, 0o600)
+        for name, extra in (("stdout.txt", 0), ("stderr.txt", 0), ("probe.bin", os.O_APPEND))
+    ]
+    workdir = _private_scratch(int(req["disk_bytes"])) if isolated else task_dir
+    os.chdir(workdir)
+    with open("program.py", "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.write(req["source"])
+    for src, dst in ((null, 0), (outputs[0], 1), (outputs[1], 2), (outputs[2], 3), (status_fd, 4)):
         os.dup2(src, dst)
     os.closerange(5, 65536)
     os.set_inheritable(3, True)
+    os.set_inheritable(4, True)
     _drop_capabilities()
     _set_limits(req)
-    env = dict(req["env"], HOME=req["dir"], PWD=req["dir"])
+    _prctl(PR_SET_DUMPABLE, 0)
+    env = dict(req["env"], HOME=workdir, PWD=workdir)
     if mode == "fresh":
-        env["SCICODE_PROBE_FD"] = "3"
+        env["SCICODE_PROBE_FD"], env["SCICODE_STATUS_FD"] = "3", "4"
         os.execve(sys.executable, [sys.executable, "-m", "scicode.runtime.probe"], env)  # noqa: S606
     os.environ.clear()
     os.environ.update(env)
@@ -210,6 +346,7 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=False)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), errors="backslashreplace", line_buffering=True)
     sys.argv = [PROGRAM_NAME]
+    os.write(4, STARTED)
     code = run_program(PROGRAM_NAME, 3)
     try:
         atexit._run_exitfuncs()
@@ -218,6 +355,9 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
     except BaseException:  # noqa: BLE001, S110 - the exit status is already decided
         pass
     code = code if isinstance(code, int) and 0 <= code < 256 else 1
+    if isolated:
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)  # as PID 1 of its namespace: everything the program started
     with contextlib.suppress(OSError):
         os.write(4, bytes([code]))
     os._exit(code)
@@ -229,9 +369,11 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int) -> None:
 
 
 def _descendants(prune: set[int] = frozenset(), hide: set[int] = frozenset()) -> list[int]:  # type: ignore[assignment]
-    """Every live process below this worker (children, theirs, adopted orphans).
+    """Every process below this worker (children, theirs, adopted orphans, zombie leaders too).
 
     The subtrees of `prune` are left out; `hide` processes are not listed but their children are.
+    A zombie thread-group leader is listed (its threads may still run, and its children hang
+    below it), so neither the process limit nor the kill can skip it.
     """
     me = os.getpid()
     parents: dict[int, int] = {}
@@ -243,7 +385,7 @@ def _descendants(prune: set[int] = frozenset(), hide: set[int] = frozenset()) ->
                 fields = f.read().rsplit(b")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if fields[0] not in (b"Z", b"X"):
+        if fields[0] != b"X":
             parents[int(entry)] = int(fields[1])
     family: set[int] = {me}
     grown = True
@@ -282,58 +424,115 @@ def _reap() -> None:
 
 
 class Runner:
-    """Runs programs one at a time, each in a child forked ahead of time (the "spare")."""
+    """Runs programs one at a time, each in a process forked ahead of time (the "spare").
 
-    def __init__(self, mode: str) -> None:
+    With `isolate`, each program's process is PID 1 of namespaces of its own (see the module
+    docstring); its death ends everything it started.
+    """
+
+    def __init__(self, mode: str, *, isolate: bool = False) -> None:
         self.mode = mode
-        self.spare: tuple[int, int, int] | None = None  # pid, request pipe, status pipe
+        self.isolate = isolate
+        self.spare: tuple[int | None, int, int] | None = None  # pid (None: setup failed), request, status
 
     def prepare(self) -> None:
-        """Fork the next program's process now, while nothing waits for it."""
+        """Fork the next program's process (and make its namespaces) now, while nothing waits for it."""
         if self.spare is not None:
             return
         req_r, req_w = os.pipe()
         status_r, status_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the worker, even while waiting
-            os.close(req_w)
-            os.close(status_r)
-            try:
-                with os.fdopen(req_r, "rb") as f:
-                    line = f.readline()
-                if line:
-                    _task_main(json.loads(line), self.mode, status_w)
-            finally:
-                os._exit(TASK_EXIT_SETUP_FAILED)
+        ends = (req_r, req_w, status_r, status_w)
+        pid = self._fork_isolated(ends) if self.isolate else self._fork(ends)
         os.close(req_r)
         os.close(status_w)
         self.spare = (pid, req_w, status_r)
 
+    def _fork(self, ends: tuple[int, int, int, int]) -> int:
+        pid = os.fork()
+        if pid == 0:
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the worker, even while waiting
+            self._program_process(ends)
+        return pid
+
+    def _fork_isolated(self, ends: tuple[int, int, int, int]) -> int | None:
+        """Fork a helper that makes the namespaces and forks the program's process (their PID 1)."""
+        pid_r, pid_w = os.pipe()
+        helper = os.fork()
+        if helper == 0:
+            try:
+                os.close(pid_r)
+                if program_namespaces():
+                    init = os.fork()
+                    if init == 0:
+                        os.close(pid_w)
+                        self._program_process(ends)
+                    os.write(pid_w, str(init).encode())
+            finally:
+                os._exit(0)
+        os.close(pid_w)
+        with os.fdopen(pid_r, "rb") as f:
+            data = f.read()
+        os.waitpid(helper, 0)  # the program's process is now this worker's child
+        return int(data) if data else None
+
+    def _program_process(self, ends: tuple[int, int, int, int]) -> None:
+        req_r, req_w, status_r, status_w = ends
+        try:
+            os.close(req_w)
+            os.close(status_r)
+            with os.fdopen(req_r, "rb") as f:
+                line = f.readline()
+            if line:
+                _task_main(json.loads(line), self.mode, status_w, self.isolate)
+        except BaseException:  # noqa: BLE001 - setup failed: say why (stderr.txt, or the worker's log)
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(1)  # never reached once the program started; before that, no STARTED: setup failed
+
+    def discard(self) -> None:
+        """Drop the spare (the worker is shutting down)."""
+        if self.spare is not None:
+            pid, req_w, status_r = self.spare
+            os.close(req_w)
+            os.close(status_r)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            self.spare = None
+
     def _clean(self) -> None:
-        """Before a program: nothing left of the previous one (reaped, every descendant killed)."""
-        _kill_until_gone({self.spare[0]} if self.spare else set(), set())
+        """Before a program: nothing left of the previous one (reaped; without namespaces, every descendant killed)."""
+        if self.isolate:
+            _reap()
+        else:
+            _kill_until_gone({self.spare[0]} if self.spare and self.spare[0] else set(), set())
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Run one program (its directory exists) under the timeout and the process limit."""
+        """Run one program (its task directory exists) under the timeout and the process limit."""
         self._clean()
         self.prepare()
         assert self.spare is not None
         pid, req_w, status_r = self.spare
         self.spare = None
+        if pid is None:
+            os.close(req_w)
+            os.close(status_r)
+            return {"id": req["id"], "setup_failed": True, "error": "the kernel refused the program's namespaces"}
         start = time.monotonic()
         with os.fdopen(req_w, "wb") as f:
             f.write(json.dumps(req).encode() + b"\n")
         pidfd = os.pidfd_open(pid)
-        spare: set[int] = set()  # the next spare is forked after the reply, off the critical path
         try:
-            killed_for, status = self._watch(
-                pidfd, status_r, start + float(req["timeout"]), int(req.get("max_processes", 0)), spare
+            killed_for, started, status = self._watch(
+                pidfd, status_r, start + float(req["timeout"]), int(req.get("max_processes", 0))
             )
         finally:
             os.close(pidfd)
             os.close(status_r)
-        if killed_for:
+        if killed_for or (self.isolate and status is not None):
+            # The program's process; with namespaces, the kernel then ends everything it started.
             for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     kill()
@@ -342,18 +541,18 @@ class Runner:
             code = os.waitstatus_to_exitcode(wait_status)
         else:
             code = status  # reaped before the next program: its address space is torn down meanwhile
-        # Whatever the program left running dies before its outputs are read. The program's own
-        # process is not waited for when it reported its status: its teardown overlaps the reply.
-        _kill_until_gone(spare, {pid} if status is not None else set())
-        seconds = time.monotonic() - start
+        if not self.isolate:
+            # Whatever the program left running dies before its outputs are read. The program's own
+            # process is not waited for when it reported its status: its teardown overlaps the reply.
+            _kill_until_gone(set(), {pid} if status is not None else set())
         reply: dict[str, Any] = {
             "id": req["id"],
             "timed_out": killed_for == "timeout",
-            "seconds": seconds,
+            "seconds": time.monotonic() - start,
             "killed_for": killed_for if killed_for != "timeout" else None,
         }
-        if code == TASK_EXIT_SETUP_FAILED:
-            reply["setup_failed"] = True
+        if not started and not killed_for:
+            reply.update(setup_failed=True, error=f"the program's process ended before the program started ({code})")
         elif code < 0:
             reply["signal"] = -code
         else:
@@ -361,45 +560,45 @@ class Runner:
         return reply
 
     def _watch(
-        self, pidfd: int, status_r: int, deadline: float, max_processes: int, spare: set[int]
-    ) -> tuple[str | None, int | None]:
-        """(kill reason, exit status reported by the program) once it ends or must be killed."""
+        self, pidfd: int, status_r: int, deadline: float, max_processes: int
+    ) -> tuple[str | None, bool, int | None]:
+        """(kill reason, whether the program started, exit status it reported) once it ends or must be killed."""
+        received = b""
+        watched = [pidfd, status_r]
         while True:
             remaining = deadline - time.monotonic()
+            started = received[:1] == STARTED
             if remaining <= 0:
-                return "timeout", None
-            ready = select.select([pidfd, status_r], [], [], min(remaining, POLL_SECONDS))[0]
+                return "timeout", started, None
+            ready = select.select(watched, [], [], min(remaining, POLL_SECONDS))[0]
             if status_r in ready:
-                data = os.read(status_r, 1)
-                if data:
-                    return None, data[0]
-                ready = [pidfd]  # the pipe closed without a status: wait for the exit itself
+                data = os.read(status_r, 2 - len(received))
+                received += data
+                if len(received) == 2 and received[:1] == STARTED:
+                    return None, True, received[1]
+                if not data or len(received) == 2:
+                    watched = [pidfd]  # closed (fresh mode closes it once started): wait for the exit itself
             if pidfd in ready:
-                return None, None
-            if max_processes and len(_descendants(spare)) > max_processes:
-                return "processes", None
+                return None, received[:1] == STARTED, None
+            if max_processes and len(_descendants()) > max_processes:
+                return "processes", started, None
 
 
 def run_task(runner: Runner, req: dict[str, Any], scratch: str) -> dict[str, Any]:
-    """Run one program (`req["source"]`) in a fresh task directory; the reply dict."""
-    task_dir = os.path.join(scratch, f"task-{req['id']}")
+    """Run one program (`req["source"]`) with a fresh task directory for its outputs; the reply dict."""
+    task_dir = os.path.join(os.path.abspath(scratch), f"task-{req['id']}")
     shutil.rmtree(task_dir, ignore_errors=True)
     os.mkdir(task_dir, 0o700)
-    try:
-        with open(os.path.join(task_dir, "program.py"), "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(req["source"])
-    except BaseException:
-        shutil.rmtree(task_dir, ignore_errors=True)
-        raise
-    # The program's process reads program.py from disk: the source need not travel down the pipe.
-    return run_in_dir(runner, {k: v for k, v in req.items() if k != "source"}, task_dir)
+    return run_in_dir(runner, req, task_dir)
 
 
 def run_in_dir(runner: Runner, req: dict[str, Any], task_dir: str) -> dict[str, Any]:
-    """Run `task_dir`'s program.py; the reply dict. The directory is removed afterwards."""
+    """Run `req["source"]`, its outputs going to `task_dir`; the reply dict. The directory is removed afterwards."""
     try:
         reply = runner.run(dict(req, dir=task_dir))
         reply.update(_collect(task_dir, int(req["output_bytes"])))
+        if reply.get("setup_failed"):
+            reply["error"] = f"{reply.get('error', '')}\n{reply.get('stderr', '')[-2000:]}".strip()
         return reply
     finally:
         shutil.rmtree(task_dir, ignore_errors=True)
@@ -430,17 +629,18 @@ def _collect(task_dir: str, limit: int) -> dict[str, Any]:
 
 def main() -> None:
     """Set up isolation, preload, then serve requests until stdin closes."""
+    _prctl(PR_SET_DUMPABLE, 0)  # no program may read this process's memory (it ran other programs)
     mode = sys.argv[1] if len(sys.argv) > 1 else "warm"
     config = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-    # Workers may share a scratch root (levels without a private tmpfs): each works in its own
-    # directory, entered before the root is masked, and reached only through its cwd afterwards.
-    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"  # noqa: S108 - a private tmpfs
+    # Workers may share a scratch root (the `none` level): each works in its own directory.
+    root = sys.argv[2] if len(sys.argv) > 2 else "/tmp/scicode-tasks"
     own = os.path.join(root, f"worker-{os.getpid()}-{time.time_ns()}")
     os.makedirs(own, mode=0o700, exist_ok=True)
-    os.chdir(own)
     if config.get("namespaces"):
-        _become_namespace_init(config)
-    scratch = "."
+        _become_namespace_init(config, own)  # `own` becomes the new root; scratch moves to its /tmp
+        own = f"/tmp/scicode-tasks/worker-{time.time_ns()}"
+        os.makedirs(own, mode=0o700)
+    os.chdir(own)
     reply_fd = os.dup(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)  # nothing the worker imports may write into the protocol channel
@@ -458,20 +658,21 @@ def main() -> None:
     import gc
 
     gc.freeze()  # fewer copy-on-write faults in forked children
-    runner = Runner(mode)
+    runner = Runner(mode, isolate=bool(config.get("isolate")))
     runner.prepare()
     replies = os.fdopen(reply_fd, "w", buffering=1)
-    replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode}) + "\n")
+    replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode, "isolate": runner.isolate}) + "\n")
     for line in sys.stdin:
         if not line.strip():
             continue
         req = json.loads(line)
         try:
-            reply = run_task(runner, req, scratch)
+            reply = run_task(runner, req, own)
         except Exception as e:  # noqa: BLE001 - reported as an infrastructure failure
             reply = {"id": req.get("id"), "setup_failed": True, "error": f"{type(e).__name__}: {e}"}
         replies.write(json.dumps(reply) + "\n")
         runner.prepare()  # the next program's process, forked while the host reads this reply
+    runner.discard()
 
 
 if __name__ == "__main__":
