@@ -1,0 +1,195 @@
+"""One program, one disposable unit: what a program does ends with it and reaches nothing else.
+
+For every namespaced isolation level available here (`bwrap`, `unshare`) in both worker modes,
+real programs try to outlive their run, leave files for the next program, read their worker,
+forge an infrastructure failure, or fill their scratch; each is checked from outside (the host's
+/proc) and by the next program in the same worker, which must run normally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+import scicode
+from scicode.codec import FrameReader
+from scicode.execution import ExecutorOptions, StepProgram, make_executor
+from scicode.execution.isolation import probe
+
+LEVELS = [name for name in ("bwrap", "unshare") if name in probe(sys.executable)]
+CONFIGS = [(level, mode) for level in LEVELS for mode in ("warm", "fresh")]
+pytestmark = pytest.mark.skipif(not LEVELS, reason="no namespaced isolation level works here")
+
+
+@pytest.fixture(scope="module", params=CONFIGS, ids=[f"{lv}-{m}" for lv, m in CONFIGS])
+async def ex(request):
+    level, mode = request.param
+    # One worker: every program below runs in the same worker as the one before it.
+    executor = make_executor(
+        "local",
+        ExecutorOptions(
+            concurrency=1, memory_mb=1024, output_mb=8, disk_mb=16, extra={"isolation": level, "worker_mode": mode}
+        ),
+    )
+    yield executor
+    await executor.aclose()
+
+
+async def run(ex, source: str, timeout: float = 30):
+    return await ex.run(StepProgram(step_id="t", source=source), timeout=timeout)
+
+
+def ended_normally(result) -> bool:
+    events = [h["ev"] for h, _ in FrameReader(result.probe, max_bytes=1 << 30).frames()]
+    return result.returncode == 0 and events[-1:] == ["done"]
+
+
+def alive_with_name(name: str) -> list[str]:
+    """Host-side: threads anywhere on this machine whose name is `name`."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/task/[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == name:
+                found.append(str(comm.parent))
+        except OSError:
+            continue
+    return found
+
+
+async def gone_soon(name: str) -> list[str]:
+    for _ in range(40):  # the kernel's teardown of a namespace is asynchronous, but quick
+        left = alive_with_name(name)
+        if not left:
+            return []
+        await asyncio.sleep(0.05)
+    return left
+
+
+SURVIVORS = {
+    # A forked child whose thread-group leader exits while one of its threads keeps running.
+    "zombie leader's thread": """
+import ctypes, os, threading, time
+if os.fork() == 0:
+    def loop():
+        ctypes.CDLL(None).prctl(15, b"{name}", 0, 0, 0)
+        while True:
+            time.sleep(0.01)
+    threading.Thread(target=loop).start()
+    time.sleep(0.2)
+    ctypes.CDLL(None).syscall(60, 0)  # SYS_exit: only the leader thread ends
+time.sleep(0.5)
+""",
+    "double-forked daemon in a new session": """
+import ctypes, os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        ctypes.CDLL(None).prctl(15, b"{name}", 0, 0, 0)
+        while True:
+            time.sleep(0.01)
+    os._exit(0)
+time.sleep(0.3)
+""",
+}
+
+
+@pytest.mark.parametrize("source", SURVIVORS.values(), ids=SURVIVORS.keys())
+async def test_nothing_outlives_its_program(ex, source) -> None:
+    name = uuid.uuid4().hex[:12]
+    r = await run(ex, source.replace("{name}", name))
+    assert r.returncode == 0, r.stderr
+    assert await gone_soon(name) == []
+    assert ended_normally(await run(ex, "import os\nassert os.getpid() == 1\n"))
+
+
+async def test_no_file_reaches_the_next_program(ex) -> None:
+    marker = uuid.uuid4().hex
+    first = await run(
+        ex,
+        f"import os\nfor d in ('/tmp', '/dev/shm', os.getcwd(), os.environ['HOME']):\n"
+        f"    open(os.path.join(d, '{marker}'), 'w').write('x')\n",
+    )
+    assert first.returncode == 0, first.stderr
+    second = await run(
+        ex,
+        f"import os\nseen = [d for d in ('/tmp', '/dev/shm', os.getcwd()) if os.path.exists(os.path.join(d, '{marker}'))]\n"
+        "assert not seen, seen\n",
+    )
+    assert ended_normally(second), second.stderr
+
+
+async def test_a_full_scratch_hurts_only_its_program(ex) -> None:
+    fill = "chunk = b'x' * (1 << 20)\nfor i in range(10**6):\n    with open(f'/tmp/fill{i}', 'wb') as f:\n        for _ in range(4):\n            f.write(chunk)\n"
+    r = await run(ex, fill)
+    ending = FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
+    assert r.returncode == 1 and "No space left" in ending.get("message", ""), ending
+    after = await run(ex, "open('/tmp/after', 'wb').write(b'y' * (8 << 20))\n")
+    assert ended_normally(after), after.stderr
+
+
+async def test_the_worker_is_out_of_reach(ex) -> None:
+    source = """
+import os, signal
+assert os.getpid() == 1 and os.getppid() == 0
+me = os.readlink('/proc/self')  # this process, as /proc numbers it
+others = [p for p in os.listdir('/proc') if p.isdigit() and p != me]
+for pid in others:
+    for name in ('mem', 'environ', 'maps', 'cwd'):
+        try:
+            data = os.listdir(f'/proc/{pid}/cwd') if name == 'cwd' else open(f'/proc/{pid}/{name}', 'rb').read(64)
+        except OSError:
+            continue
+        raise AssertionError(f'read /proc/{pid}/{name}: {data!r}')
+try:
+    os.kill(-1, signal.SIGKILL)  # everything this program may signal: none but its own (here none)
+except ProcessLookupError:
+    pass
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
+    assert ended_normally(await run(ex, "pass\n"))
+
+
+FORGERIES = {
+    "the old setup-failed status": "raise SystemExit(97)",
+    "a status byte on every fd": "import os\nfor fd in range(3, 64):\n    try: os.write(fd, b'\\x61')\n    except OSError: pass\nraise SystemExit(97)",
+    "closing every inherited fd": "import os\nos.closerange(0, 1024)\nos._exit(97)",
+    "killing itself": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\nimport time\ntime.sleep(1)\nos._exit(97)",
+}
+
+
+@pytest.mark.parametrize("source", FORGERIES.values(), ids=FORGERIES.keys())
+async def test_no_program_forges_an_infrastructure_failure(ex, source) -> None:
+    r = await run(ex, source)  # raises SandboxUnavailable if read as the sandbox's failure
+    assert r.returncode != 0 or r.signal
+    assert ended_normally(await run(ex, "pass\n"))
+
+
+async def test_the_host_is_hidden_and_read_only(ex) -> None:
+    checkout = Path(scicode.__file__).resolve().parent
+    home = Path.home()
+    source = f"""
+import os, site, sysconfig
+hidden = [p for p in ({str(checkout / "data")!r}, {str(checkout / "scorer.py")!r}, {str(home / ".cache")!r}, {os.environ.get("SCICODE_CACHE_DIR", "/nonexistent")!r}, '/etc/shadow')
+          if os.path.exists(p) and (os.path.isdir(p) and os.listdir(p) or os.path.isfile(p) and open(p, 'rb').read(1))]
+assert not hidden, hidden
+writable = []
+for d in {{sysconfig.get_paths()['purelib'], sysconfig.get_paths()['stdlib'], '/usr', '/etc', os.path.dirname(os.__file__)}}:
+    try:
+        open(os.path.join(d, 'scicode-write-test.pth'), 'w').write('import os')
+        writable.append(d)
+    except OSError:
+        pass
+assert not writable, writable
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), r.stderr[-1500:]
+
+
+async def test_gold_and_model_code_never_share_workers(scorer) -> None:
+    assert scorer.derivation is not scorer.executor
