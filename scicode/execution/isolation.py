@@ -97,13 +97,14 @@ class Level:
         scratch: Path,
         hidden: Sequence[str],
         worker_tmp_bytes: int = TMPFS_BYTES,
+        disk_bytes: int = TMPFS_BYTES,
     ) -> list[str]:
         """The command that starts a worker (`argv` + scratch dir + config) with this isolation.
 
         `worker_tmp_bytes` bounds the worker's own `/tmp` (where programs' outputs land); each
-        program's scratch is a tmpfs of its own, sized per request.
+        program's scratch is a tmpfs of its own of `disk_bytes`.
         """
-        config: dict[str, object] = {"isolate": self.namespaces}
+        config: dict[str, object] = {"isolate": self.namespaces, "disk_bytes": disk_bytes}
         if self.name == "bwrap":
             args = _bwrap_args(_root_spec(self.python, payload, hidden, worker_tmp_bytes))
             return [*args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]

@@ -191,6 +191,7 @@ class LocalExecutor:
             hidden=self.options.hidden_paths,
             # The worker's own /tmp holds only a program's three output files at a time.
             worker_tmp_bytes=(3 * self.options.output_mb + 64) << 20,
+            disk_bytes=self.options.disk_mb << 20,
         )
         log = open(self._root / "worker.log", "ab")  # noqa: SIM115 - owned by the child
         try:
@@ -265,7 +266,6 @@ class LocalExecutor:
             "timeout": float(timeout),
             "memory_bytes": self.options.memory_mb << 20,
             "output_bytes": self.options.output_mb << 20,
-            "disk_bytes": self.options.disk_mb << 20,
             "env": self._env(),
             "max_processes": self.options.max_processes,
         }

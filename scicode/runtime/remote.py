@@ -14,9 +14,17 @@ import json
 import os
 import sys
 
-from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, run_in_dir
+from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, program_namespaces, run_in_dir
 
 MARKER = "SCICODE-RESULT "
+
+
+def _namespaces_allowed() -> bool:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if program_namespaces() else 1)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
 
 
 def main() -> None:
@@ -28,9 +36,15 @@ def main() -> None:
     req["env"] = dict(req.get("env", {}), PYTHONPATH=os.environ.get("PYTHONPATH", ""))
     if not os.path.isfile(os.path.join(task_dir, "program.py")):
         sys.exit(f"no program.py in {task_dir}")  # no reply: the backend reports a sandbox failure
+    with open(os.path.join(task_dir, "program.py"), encoding="utf-8", errors="surrogateescape") as f:
+        req["source"] = f.read()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    # The uploaded directory is the task directory, removed after the run like a local one.
-    reply = run_in_dir(Runner("fresh"), dict(req, id=0), task_dir)
+    # The program gets namespaces of its own where the sandbox allows them (as locally).
+    isolate = _namespaces_allowed()
+    runner = Runner("fresh", scratch=task_dir, isolate=isolate, disk_bytes=int(req.get("disk_bytes", 1 << 30)))
+    # The uploaded directory holds the task's outputs, removed after the run like a local one.
+    reply = run_in_dir(runner, dict(req, id=0), task_dir)
+    reply["isolated"] = isolate
     sys.stdout.write(MARKER + json.dumps(reply) + "\n")
 
 

@@ -301,25 +301,34 @@ def _set_limits(req: dict[str, Any]) -> None:
             resource.setrlimit(which, (soft, hard))
 
 
-def _task_main(req: dict[str, Any], mode: str, status_fd: int, isolated: bool) -> None:
-    """In the program's process: scratch, files, limits, no capabilities, then run. Never returns.
+def _prepare_program(task_dir: str, isolated: bool, disk_bytes: int) -> tuple[list[int], str]:
+    """Ahead of the request, in the program's process: its output files and its scratch (the cwd).
+
+    The output files live in `task_dir`, which the worker reads afterwards; with namespaces it is
+    out of the program's sight once the private scratch is mounted, and only these fds reach it.
+    """
+    os.setsid()
+    outputs = [
+        os.open(os.path.join(task_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | extra, 0o600)
+        for name, extra in (("stdout.txt", 0), ("stderr.txt", 0), ("probe.bin", os.O_APPEND))
+    ]
+    workdir = _private_scratch(disk_bytes) if isolated else task_dir
+    os.chdir(workdir)
+    return outputs, workdir
+
+
+def _task_main(req: dict[str, Any], mode: str, status_fd: int, prepared: tuple[list[int], str], isolated: bool) -> None:
+    """In the program's process: the source, limits, no capabilities, then run. Never returns.
 
     Writes `STARTED` to `status_fd` just before program code runs. In `warm` mode it also writes
     the exit status there just before exiting, so the worker can collect the results without
     waiting for the kernel to tear down this (large, forked) address space.
     """
-    os.setsid()
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # with namespaces: the helper that forked it is gone by now
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGALRM):
         signal.signal(sig, signal.SIG_DFL)
-    task_dir = req["dir"]
+    outputs, workdir = prepared
     null = os.open(os.devnull, os.O_RDONLY)
-    outputs = [
-        os.open(os.path.join(task_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | extra, 0o600)
-        for name, extra in (("stdout.txt", 0), ("stderr.txt", 0), ("probe.bin", os.O_APPEND))
-    ]
-    workdir = _private_scratch(int(req["disk_bytes"])) if isolated else task_dir
-    os.chdir(workdir)
     with open("program.py", "w", encoding="utf-8", errors="surrogateescape") as f:
         f.write(req["source"])
     for src, dst in ((null, 0), (outputs[0], 1), (outputs[1], 2), (outputs[2], 3), (status_fd, 4)):
@@ -430,31 +439,38 @@ class Runner:
     docstring); its death ends everything it started.
     """
 
-    def __init__(self, mode: str, *, isolate: bool = False) -> None:
+    def __init__(self, mode: str, *, scratch: str = ".", isolate: bool = False, disk_bytes: int = 1 << 30) -> None:
         self.mode = mode
+        self.scratch = os.path.abspath(scratch)
         self.isolate = isolate
-        self.spare: tuple[int | None, int, int] | None = None  # pid (None: setup failed), request, status
+        self.disk_bytes = disk_bytes
+        self.spare: tuple[int | None, int, int, str] | None = None  # pid (None: setup failed), pipes, task dir
+        self._count = 0
 
     def prepare(self) -> None:
-        """Fork the next program's process (and make its namespaces) now, while nothing waits for it."""
+        """Fork the next program's process, with its namespaces, scratch and output files, while nothing waits."""
         if self.spare is not None:
             return
+        self._count += 1
+        task_dir = os.path.join(self.scratch, f"task-{self._count}")
+        shutil.rmtree(task_dir, ignore_errors=True)
+        os.mkdir(task_dir, 0o700)
         req_r, req_w = os.pipe()
         status_r, status_w = os.pipe()
         ends = (req_r, req_w, status_r, status_w)
-        pid = self._fork_isolated(ends) if self.isolate else self._fork(ends)
+        pid = self._fork_isolated(ends, task_dir) if self.isolate else self._fork(ends, task_dir)
         os.close(req_r)
         os.close(status_w)
-        self.spare = (pid, req_w, status_r)
+        self.spare = (pid, req_w, status_r, task_dir)
 
-    def _fork(self, ends: tuple[int, int, int, int]) -> int:
+    def _fork(self, ends: tuple[int, int, int, int], task_dir: str) -> int:
         pid = os.fork()
         if pid == 0:
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the worker, even while waiting
-            self._program_process(ends)
+            self._program_process(ends, task_dir)
         return pid
 
-    def _fork_isolated(self, ends: tuple[int, int, int, int]) -> int | None:
+    def _fork_isolated(self, ends: tuple[int, int, int, int], task_dir: str) -> int | None:
         """Fork a helper that makes the namespaces and forks the program's process (their PID 1)."""
         pid_r, pid_w = os.pipe()
         helper = os.fork()
@@ -465,7 +481,7 @@ class Runner:
                     init = os.fork()
                     if init == 0:
                         os.close(pid_w)
-                        self._program_process(ends)
+                        self._program_process(ends, task_dir)
                     os.write(pid_w, str(init).encode())
             finally:
                 os._exit(0)
@@ -475,15 +491,16 @@ class Runner:
         os.waitpid(helper, 0)  # the program's process is now this worker's child
         return int(data) if data else None
 
-    def _program_process(self, ends: tuple[int, int, int, int]) -> None:
+    def _program_process(self, ends: tuple[int, int, int, int], task_dir: str) -> None:
         req_r, req_w, status_r, status_w = ends
         try:
             os.close(req_w)
             os.close(status_r)
+            prepared = _prepare_program(task_dir, self.isolate, self.disk_bytes)
             with os.fdopen(req_r, "rb") as f:
                 line = f.readline()
             if line:
-                _task_main(json.loads(line), self.mode, status_w, self.isolate)
+                _task_main(json.loads(line), self.mode, status_w, prepared, self.isolate)
         except BaseException:  # noqa: BLE001 - setup failed: say why (stderr.txt, or the worker's log)
             import traceback
 
@@ -494,12 +511,13 @@ class Runner:
     def discard(self) -> None:
         """Drop the spare (the worker is shutting down)."""
         if self.spare is not None:
-            pid, req_w, status_r = self.spare
+            pid, req_w, status_r, task_dir = self.spare
             os.close(req_w)
             os.close(status_r)
             if pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(task_dir, ignore_errors=True)
             self.spare = None
 
     def _clean(self) -> None:
@@ -510,12 +528,25 @@ class Runner:
             _kill_until_gone({self.spare[0]} if self.spare and self.spare[0] else set(), set())
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
-        """Run one program (its task directory exists) under the timeout and the process limit."""
+        """Run one program (`req["source"]`) under the timeout and the process limit; the reply dict.
+
+        Its task directory (output files) is read into the reply and removed.
+        """
         self._clean()
         self.prepare()
         assert self.spare is not None
-        pid, req_w, status_r = self.spare
+        pid, req_w, status_r, task_dir = self.spare
         self.spare = None
+        try:
+            reply = self._run(pid, req_w, status_r, req)
+            reply.update(_collect(task_dir, int(req["output_bytes"])))
+        finally:
+            shutil.rmtree(task_dir, ignore_errors=True)
+        if reply.get("setup_failed"):
+            reply["error"] = f"{reply.get('error', '')}\n{reply.get('stderr', '')[-2000:]}".strip()
+        return reply
+
+    def _run(self, pid: int | None, req_w: int, status_r: int, req: dict[str, Any]) -> dict[str, Any]:
         if pid is None:
             os.close(req_w)
             os.close(status_r)
@@ -584,23 +615,12 @@ class Runner:
                 return "processes", started, None
 
 
-def run_task(runner: Runner, req: dict[str, Any], scratch: str) -> dict[str, Any]:
-    """Run one program (`req["source"]`) with a fresh task directory for its outputs; the reply dict."""
-    task_dir = os.path.join(os.path.abspath(scratch), f"task-{req['id']}")
-    shutil.rmtree(task_dir, ignore_errors=True)
-    os.mkdir(task_dir, 0o700)
-    return run_in_dir(runner, req, task_dir)
-
-
 def run_in_dir(runner: Runner, req: dict[str, Any], task_dir: str) -> dict[str, Any]:
-    """Run `req["source"]`, its outputs going to `task_dir`; the reply dict. The directory is removed afterwards."""
+    """Run `req["source"]` with `runner` (whose scratch is `task_dir`); `task_dir` is removed afterwards."""
     try:
-        reply = runner.run(dict(req, dir=task_dir))
-        reply.update(_collect(task_dir, int(req["output_bytes"])))
-        if reply.get("setup_failed"):
-            reply["error"] = f"{reply.get('error', '')}\n{reply.get('stderr', '')[-2000:]}".strip()
-        return reply
+        return runner.run(req)
     finally:
+        runner.discard()
         shutil.rmtree(task_dir, ignore_errors=True)
 
 
@@ -658,7 +678,9 @@ def main() -> None:
     import gc
 
     gc.freeze()  # fewer copy-on-write faults in forked children
-    runner = Runner(mode, isolate=bool(config.get("isolate")))
+    runner = Runner(
+        mode, scratch=own, isolate=bool(config.get("isolate")), disk_bytes=int(config.get("disk_bytes", 1 << 30))
+    )
     runner.prepare()
     replies = os.fdopen(reply_fd, "w", buffering=1)
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode, "isolate": runner.isolate}) + "\n")
@@ -667,7 +689,7 @@ def main() -> None:
             continue
         req = json.loads(line)
         try:
-            reply = run_task(runner, req, own)
+            reply = runner.run(req)
         except Exception as e:  # noqa: BLE001 - reported as an infrastructure failure
             reply = {"id": req.get("id"), "setup_failed": True, "error": f"{type(e).__name__}: {e}"}
         replies.write(json.dumps(reply) + "\n")
