@@ -14,17 +14,9 @@ import json
 import os
 import sys
 
-from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, program_namespaces, run_in_dir
+from scicode.runtime.worker import PR_SET_CHILD_SUBREAPER, Runner, _prctl, run_in_dir
 
 MARKER = "SCICODE-RESULT "
-
-
-def _namespaces_allowed() -> bool:
-    pid = os.fork()
-    if pid == 0:
-        os._exit(0 if program_namespaces() else 1)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 0
 
 
 def main() -> None:
@@ -39,8 +31,9 @@ def main() -> None:
     with open(os.path.join(task_dir, "program.py"), encoding="utf-8", errors="surrogateescape") as f:
         req["source"] = f.read()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    # The program gets namespaces of its own where the sandbox allows them (as locally).
-    isolate = _namespaces_allowed()
+    # The remote sandbox is the program's disposable unit; per-program namespaces there would hide
+    # the uploaded runtime (a plain directory, not a mount) along with /tmp: issue 10's work.
+    isolate = False
     runner = Runner("fresh", scratch=task_dir, isolate=isolate, disk_bytes=int(req.get("disk_bytes", 1 << 30)))
     # The uploaded directory holds the task's outputs, removed after the run like a local one.
     reply = run_in_dir(runner, dict(req, id=0), task_dir)
