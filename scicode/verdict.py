@@ -11,20 +11,30 @@ crash or a hang is `wrong_answer`, because the official run stops at that assert
 
 from __future__ import annotations
 
-import ast
-import contextlib
+import dataclasses
 import enum
 import functools
+import logging
+import sys
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from scicode.codec import DecodeError, FrameReader, decode_value
+import numpy as np
+
+from scicode.codec import DecodeBudget, DecodeError, FrameReader, decode_value
+from scicode.errors import TargetsError
 from scicode.execution.base import ExecResult, StepProgram
-from scicode.testplan import LEAVES, Site, TestPlan
+from scicode.testplan import LEAVES, FlowItem, Site, TestPlan
 
 #: Bump when a change can move a score; README's changelog says how.
 VERDICT_VERSION = "1"
+#: Longest failure detail kept (an honest one is a traceback tail of ~10 kB at most); a crafted
+#: record can make an exception message as large as the values it holds.
+MAX_DETAIL = 16_000
+
+logger = logging.getLogger(__name__)
 
 
 class FailureKind(enum.StrEnum):
@@ -103,8 +113,47 @@ def judge(
 
     `targets` is called only when a recorded site needs them, and returns one value per test case
     (as the official decoder gives them). It may raise TargetsError, which propagates.
-    """
 
+    Total and bounded: the probe bytes are the program's to write, so whatever they hold gives a
+    verdict, never an exception. Decoding stays within one `DecodeBudget` per stream (sizes, parts,
+    CPU time; see `scicode.codec`), so replaying the asserts on what it yields is bounded too;
+    anything a crafted record still makes raise fails the step as the model's `runtime_error`.
+    """
+    budget = DecodeBudget.for_probe(max_probe_bytes)
+    try:
+        v = _judge(plan, program, result, targets, max_probe_bytes=max_probe_bytes, strict=strict, budget=budget)
+    except TargetsError:
+        raise
+    except Exception as e:  # records crafted to break the judge fail the step (logged, in case it is a bug)
+        logger.warning("step %s: its probe records broke the judge; failing the step", plan.step_id, exc_info=True)
+        detail = f"the probe records cannot be judged ({_exception_text(e)}); were they written by the program?"
+        return StepVerdict(plan.step_id, False, FailureKind.RUNTIME_ERROR, detail, result.seconds)
+    if len(v.detail) > MAX_DETAIL:
+        half = MAX_DETAIL // 2
+        v = dataclasses.replace(
+            v, detail=f"{v.detail[:half]}\n[… {len(v.detail) - MAX_DETAIL} characters …]\n{v.detail[-half:]}"
+        )
+    return v
+
+
+def _exception_text(e: BaseException) -> str:
+    try:
+        message = str(e)
+    except Exception:  # noqa: BLE001 - a message that cannot even be formatted
+        message = ""
+    return f"{type(e).__name__}: {message[:300]}" if message else type(e).__name__
+
+
+def _judge(
+    plan: TestPlan,
+    program: StepProgram,
+    result: ExecResult,
+    targets: Callable[[], Sequence[Any]],
+    *,
+    max_probe_bytes: int,
+    strict: bool,
+    budget: DecodeBudget,
+) -> StepVerdict:
     def verdict(kind: FailureKind, detail: str = "") -> StepVerdict:
         return StepVerdict(plan.step_id, kind is FailureKind.PASSED, kind, detail, result.seconds)
 
@@ -121,7 +170,9 @@ def judge(
     ending = events.ending or {}
     if ending.get("ev") == "syntax_error":
         return verdict(FailureKind.SYNTAX_ERROR, _syntax_detail(ending, program))
-    failure = _Replay(plan, targets, strict=strict).run(events.stream)
+    replay = _Replay(plan, targets, strict=strict)
+    replay.budget = budget
+    failure = replay.run(events.stream)
     if failure is not None:
         return verdict(FailureKind.WRONG_ANSWER, failure)
     return _ending_verdict(plan, program, result, events, verdict)
@@ -158,20 +209,24 @@ def _ending_verdict(
         return verdict(kind, f"the program {how} before its tests finished\n{result.stderr[-2000:]}".strip())
     if result.returncode != 0:
         return verdict(FailureKind.RUNTIME_ERROR, f"the program exited with status {result.returncode} after its tests")
-    missing = _missing_sites(plan, events)
-    if missing:
-        return verdict(FailureKind.RUNTIME_ERROR, f"test records are missing ({missing}); the probe was tampered with")
+    incomplete = _missing_sites(plan, events)
+    if incomplete:
+        return verdict(
+            FailureKind.RUNTIME_ERROR, f"the test records are incomplete: {incomplete}; was the probe tampered with?"
+        )
     return verdict(FailureKind.PASSED)
 
 
 def _missing_sites(plan: TestPlan, events: _Events) -> str:
-    seen = [h.get("site") for h, _ in events.sites]
-    expected = [s.site_id for s in plan.sites if s.scope is None]
-    top = [s for s in seen if isinstance(s, int) and 0 <= s < len(plan.sites) and plan.sites[s].scope is None]
-    if top != expected:
-        absent = sorted(set(expected) - set(top))
-        return f"sites {absent[:5]} of {len(expected)}" if absent else "sites out of order or repeated"
-    return ""
+    """Why the run's records are not those of a complete run of the plan; empty when they are.
+
+    Every site must be recorded where the plan puts it (`TestPlan.flows`), inside each call of a
+    test-defined function as at top level: nothing skipped, reordered or repeated, no test missing.
+    """
+    flow = _Flow(plan)
+    for header, _ in events.stream:
+        flow.feed(header)
+    return flow.finish()
 
 
 def _syntax_detail(ending: dict[str, Any], program: StepProgram) -> str:
@@ -220,13 +275,6 @@ def _compiled(source: str, mode: str) -> Any:
     return compile(source, "<scicode test>", mode)
 
 
-@functools.lru_cache(maxsize=4096)
-def _bound_names(statement: str) -> tuple[str, ...]:
-    tree = ast.parse(statement).body[0]
-    targets = tree.targets if isinstance(tree, ast.Assign) else [getattr(tree, "target", None)]
-    return tuple(n.id for t in targets if t is not None for n in ast.walk(t) if isinstance(n, ast.Name))
-
-
 @functools.lru_cache(maxsize=512)
 def _prelude_namespace(prelude: str, strict: bool) -> dict[str, Any]:
     namespace: dict[str, Any] = {"__name__": "scicode_trusted_replay"}
@@ -240,6 +288,159 @@ def _prelude_namespace(prelude: str, strict: bool) -> dict[str, Any]:
     return namespace
 
 
+_ENDINGS = frozenset({"syntax_error", "exception", "exit", "done"})
+
+
+@dataclass
+class _Frame:
+    """A test case's top level, or one call of a test-defined function, as the records go."""
+
+    items: tuple[FlowItem, ...]
+    test: int
+    scope: int | None
+    ns: dict[str, Any]
+    pos: int = 0
+
+
+class _Flow:
+    """Follows a run's records through the plan's flows; `error` says where they stop following it.
+
+    A complete run is, for each test case in order, its `test` record and its flow: each top-level
+    site's record, and for each call of a test-defined function its `enter` record and its body's
+    flow. A function whose calls cannot be counted statically ("free") may be entered at any point
+    after it becomes free, each call complete and in order, and at least once in the run.
+    """
+
+    def __init__(self, plan: TestPlan, base: dict[str, Any] | None = None) -> None:
+        self.plan = plan
+        self.base = base or {}
+        self.frames: list[_Frame] = []
+        self.next_test = 0
+        self.free: set[int] = set()
+        self.calls: dict[int, int] = {}
+        self.seen = 0
+        self.ended = False
+        self.error = ""
+
+    def feed(self, header: dict[str, Any]) -> _Frame | None:
+        """Advance past one record; returns the frame a `test`, `enter` or `site` record belongs to."""
+        if self.error:
+            return None
+        self.seen += 1
+        event = header.get("ev")
+        if self.ended:
+            return self.fail(f"a {str(event)[:20]!r} record follows the end of the run")
+        if event == "start":
+            return None if self.seen == 1 else self.fail("a second start record")
+        if event in _ENDINGS:
+            self.ended = True
+            return None
+        if event == "test":
+            return self.test(header.get("k"))
+        if event == "enter":
+            return self.enter(header.get("scope"))
+        if event == "site":
+            return self.site(header.get("site"))
+        return self.fail(f"an unknown record {str(event)[:20]!r}")
+
+    def finish(self) -> str:
+        """Empty when the records fed so far are those of a complete run; else what is wrong."""
+        if self.error:
+            return self.error
+        self.settle()
+        if self.next_test < len(self.plan.tests) or len(self.frames) != 1 or self._pending(self.frames[0]):
+            return f"the records stop where {self.expected()} was due"
+        never = sorted(i for i in self.free if not self.calls.get(i))
+        if never:
+            return f"test function {self.plan.scopes[never[0]]}() was never called"
+        return ""
+
+    def fail(self, why: str) -> _Frame | None:
+        self.error = why
+        return None
+
+    def test(self, k: Any) -> _Frame | None:
+        if not _is_index(k, len(self.plan.tests)) or k != self.next_test:
+            return self.fail(f"a record of test {_show(k)} where {self.expected()} was due")
+        if self.frames:
+            self.settle()
+            if len(self.frames) != 1 or self._pending(self.frames[0]):
+                return self.fail(f"test {k + 1} starts where {self.expected()} was due")
+        frame = _Frame(self.plan.flows[k], k, None, dict(self.base))
+        self.frames = [frame]
+        self.next_test += 1
+        self.settle()
+        return frame
+
+    def enter(self, scope: Any) -> _Frame | None:
+        if not _is_index(scope, len(self.plan.scopes)):
+            return self.fail(f"a call of an unknown test function {repr(scope)[:20]} where {self.expected()} was due")
+        if not self.frames:
+            return self.fail(f"a call of test function {self.plan.scopes[scope]}() before any test")
+        top = self.frames[-1]
+        if self._pending(top) and top.items[top.pos] == ("call", scope):
+            top.pos += 1
+        elif scope not in self.free:
+            name = self.plan.scopes[scope]
+            return self.fail(f"a call of test function {name}() where {self.expected()} was due")
+        self.calls[scope] = self.calls.get(scope, 0) + 1
+        frame = _Frame(self.plan.bodies[scope], top.test, scope, dict(self.base))
+        self.frames.append(frame)
+        self.settle()
+        return frame
+
+    def site(self, site_id: Any) -> _Frame | None:
+        top = self.frames[-1] if self.frames else None
+        valid = _is_index(site_id, len(self.plan.sites))
+        if not valid or top is None or not self._pending(top) or top.items[top.pos] != ("site", site_id):
+            return self.fail(f"the record of {self.describe(site_id)} where {self.expected()} was due")
+        top.pos += 1
+        self.settle()
+        return top
+
+    def settle(self) -> None:
+        """Take in the free functions the flow reaches, and close calls whose records are all in."""
+        while self.frames:
+            top = self.frames[-1]
+            while self._pending(top) and top.items[top.pos][0] == "free":
+                self.free.add(top.items[top.pos][1])
+                top.pos += 1
+            if top.scope is None or self._pending(top):
+                return
+            self.frames.pop()
+
+    @staticmethod
+    def _pending(frame: _Frame) -> bool:
+        return frame.pos < len(frame.items)
+
+    def describe(self, site_id: Any) -> str:
+        if not _is_index(site_id, len(self.plan.sites)):
+            return f"an unknown site {repr(site_id)[:20]}"
+        site = self.plan.site(site_id)
+        text = site.text if len(site.text) <= 80 else site.text[:77] + "..."
+        return f"test {site.test_index + 1}'s `{text}`"
+
+    def expected(self) -> str:
+        top = self.frames[-1] if self.frames else None
+        if top is not None and self._pending(top):
+            kind, index = top.items[top.pos]
+            if kind == "site":
+                return f"the record of {self.describe(index)}"
+            return f"a call of test function {self.plan.scopes[index]}()"
+        if self.next_test < len(self.plan.tests):
+            return f"test {self.next_test + 1}"
+        return "the end of the run"
+
+
+def _is_index(value: Any, size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
+
+
+def _show(value: Any) -> str:
+    """A test number as the messages count them (from 1), or the malformed value."""
+    return str(value + 1) if _is_index(value, 1 << 30) else repr(value)[:20]
+
+
 class _Replay:
     """Replays recorded sites on the trusted side; returns the first failure's description."""
 
@@ -248,8 +449,6 @@ class _Replay:
         self._targets_fn = targets
         self._targets: Sequence[Any] | None = None
         self.base = _prelude_namespace(plan.prelude, strict)
-        self.test_ns: dict[str, Any] = {}
-        self.scope_ns: dict[int, dict[str, Any]] = {}
 
     def target(self, k: int) -> Any:
         if self._targets is None:
@@ -257,86 +456,123 @@ class _Replay:
         return self._targets[k]
 
     def run(self, stream: list[tuple[dict[str, Any], list[bytes]]]) -> str | None:
+        """The first failing site in program order, or None.
+
+        Replaying stops where the records stop following the plan (`_missing_sites` reports it).
+        """
+        flow = _Flow(self.plan, self.base)
         for header, buffers in stream:
-            event = header.get("ev")
-            if event == "test":
-                self.test_ns = dict(self.base)
-                self.current_test = header.get("k")
-            elif event == "enter":
-                scope = header.get("scope")
-                if isinstance(scope, int) and 0 <= scope < len(self.plan.scopes):
-                    self.scope_ns[scope] = dict(self.base)
-            elif event == "site":
-                failure = self.site(header, buffers)
+            frame = flow.feed(header)
+            if flow.error:
+                return None
+            if frame is not None and header.get("ev") == "site":
+                failure = self.site(frame, header, buffers)
                 if failure is not None:
                     return failure
         return None
 
     def collect_slots(self, stream: list[tuple[dict[str, Any], list[bytes]]]) -> dict[int, dict[int | None, Any]]:
-        """Derive mode: evaluate what each assert compares with `target` (nothing is judged)."""
+        """Derive mode: evaluate what each assert compares with `target` (nothing is judged).
+
+        Raises:
+            ValueError: the records do not follow the plan, or a replay fails.
+        """
         found: dict[int, dict[int | None, Any]] = {}
+        flow = _Flow(self.plan, self.base)
         for header, buffers in stream:
-            event = header.get("ev")
-            if event == "test":
-                self.test_ns, self.current_test = dict(self.base), header.get("k")
-            elif event == "enter":
-                self.scope_ns[header["scope"]] = dict(self.base)
-            elif event == "site":
-                site = self.plan.site(header["site"])
-                ns = self.namespace(site, need_target=False)
-                if ns is None or site.kind == "target":
-                    continue
-                ns[LEAVES] = [self.value(n, buffers) for n in header["leaves"]]
-                for name, node in zip(site.fallbacks, header["fallbacks"], strict=False):
-                    ns.setdefault(name, self.value(node, buffers))
-                if site.kind == "replay":
-                    self.bind_site(site, ns)
-                for key, source in site.slots:
-                    found.setdefault(site.test_index, {}).setdefault(key, eval(_compiled(source, "eval"), ns))  # noqa: S307
+            frame = flow.feed(header)
+            if flow.error:
+                raise ValueError(f"the records do not follow the test plan: {flow.error}")
+            if frame is None or header.get("ev") != "site":
+                continue
+            site = self.plan.site(header["site"])
+            if site.kind == "target":
+                continue
+            ns = self.namespace(frame, site, need_target=False)
+            failure = self.prepare(site, ns, header, buffers)
+            if failure is None and site.kind == "replay":
+                failure = self.bind_site(site, ns)
+            if failure is not None:
+                raise ValueError(failure)
+            for key, source in site.slots:
+                found.setdefault(site.test_index, {}).setdefault(key, eval(_compiled(source, "eval"), ns))  # noqa: S307
         return found
 
-    def namespace(self, site: Site, *, need_target: bool = True) -> dict[str, Any] | None:
-        if site.scope is None:
-            if not self.test_ns or getattr(self, "current_test", None) != site.test_index:
-                return None
-            if need_target and self.plan.uses_target[site.test_index] and "target" not in self.test_ns:
-                self.test_ns["target"] = self.target(site.test_index)
-            return self.test_ns
-        index = self.plan.scopes.index(site.scope)
-        return self.scope_ns.get(index)
+    def namespace(self, frame: _Frame, site: Site, *, need_target: bool = True) -> dict[str, Any]:
+        ns = frame.ns
+        if site.scope is None and need_target and self.plan.uses_target[site.test_index] and "target" not in ns:
+            ns["target"] = self.target(site.test_index)
+        return ns
 
-    def site(self, header: dict[str, Any], buffers: list[bytes]) -> str | None:
-        site_id = header.get("site")
-        if not isinstance(site_id, int) or not 0 <= site_id < len(self.plan.sites):
-            return f"the program recorded an unknown test site {site_id!r}"
-        site = self.plan.site(site_id)
-        ns = self.namespace(site)
-        if ns is None:
-            return f"test {site.test_index + 1}: a record arrived out of order; the probe was tampered with"
-        try:
-            leaves = [self.value(n, buffers) for n in header.get("leaves", [])]
-            fallbacks = header.get("fallbacks", [])
-        except DecodeError as e:
-            if site.kind == "replay":  # later sites use the sandbox's values instead
-                for name in _bound_names(site.trusted):
-                    ns.pop(name, None)
-                return None
-            return f"test {site.test_index + 1}: {e}\n    {site.text}"
-        if len(leaves) != len(site.leaves) or len(fallbacks) != len(site.fallbacks):
-            return f"test {site.test_index + 1}: malformed record for `{site.text}`"
-        for name, node in zip(site.fallbacks, fallbacks, strict=False):
-            if name not in ns:
-                with contextlib.suppress(DecodeError):
-                    ns[name] = self.value(node, buffers)
-        ns[LEAVES] = leaves
+    def site(self, frame: _Frame, header: dict[str, Any], buffers: list[bytes]) -> str | None:
+        """Replay one site (the flow has checked it is the one due here)."""
+        site = self.plan.site(header["site"])
+        ns = self.namespace(frame, site)
+        failure = self.prepare(site, ns, header, buffers)
+        if failure is not None:
+            return failure
         return self.assert_site(site, ns) if site.kind == "assert" else self.bind_site(site, ns)
 
-    @staticmethod
-    def value(node: Any, buffers: list[bytes]) -> Any:
+    def prepare(self, site: Site, ns: dict[str, Any], header: dict[str, Any], buffers: list[bytes]) -> str | None:
+        """Put the site's leaves, and the in-place changes of its exposed values, into `ns`.
+
+        Fails closed: a value that cannot be decoded fails the site; no sandbox value stands in
+        for one the trusted side computes.
+        """
+        where = f"test {site.test_index + 1}"
+        leaves, exposed = header.get("leaves"), header.get("exposed")
+        if (
+            not isinstance(leaves, list)
+            or not isinstance(exposed, list)
+            or len(leaves) != len(site.leaves)
+            or len(exposed) != len(site.exposed)
+        ):
+            return f"{where}: malformed record for `{site.text}`"
+        try:
+            ns[LEAVES] = [self.value(node, buffers) for node in leaves]
+        except DecodeError as e:
+            return f"{where}: {e}\n    {site.text}"
+        for name, node in zip(site.exposed, exposed, strict=True):
+            failure = self.take_changes(ns, name, node, buffers)
+            if failure is not None:
+                return f"{where}: {failure}\n    {site.text}"
+        return None
+
+    def take_changes(self, ns: dict[str, Any], name: str, node: Any, buffers: list[bytes]) -> str | None:
+        """Apply to the trusted value of `name` what the sandbox did to it in place.
+
+        The test handed that object to sandbox code, which may have changed it in place (then the
+        official run sees the change). An immutable value cannot have changed, so the recorded one
+        is not even read; any other must come back as the same kind of object, changed in place.
+        """
+        if name not in ns:
+            return f"`{name}` was never computed here"
+        current = ns[name]
+        if _immutable(current):
+            return None
+        try:
+            recorded = self.value(node, buffers)
+        except DecodeError as e:
+            return f"`{name}`, which the test handed to the code under test, cannot be read back: {e}"
+        changed = _changed_in_place(current, recorded)
+        if changed is _REFUSED:
+            return f"`{name}`, which the test handed to the code under test, was replaced, not changed in place"
+        ns[name] = changed
+        return None
+
+    budget: DecodeBudget | None = None
+    """Shared by every value of the stream (`judge` sets it); None: a fresh budget per value."""
+
+    def value(self, node: Any, buffers: list[bytes]) -> Any:
+        """A recorded value, decoded within the stream's budget.
+
+        Raises:
+            DecodeError: the value was not encodable in the sandbox, or its record is malformed.
+        """
         if isinstance(node, dict) and "v" in node:
-            return decode_value(node["v"], buffers)
+            return decode_value(node["v"], buffers, self.budget)
         reason = node.get("unencodable") if isinstance(node, dict) else None
-        raise DecodeError(reason or "missing value")
+        raise DecodeError(reason[:500] if isinstance(reason, str) and reason else "missing value")
 
     def assert_site(self, site: Site, ns: dict[str, Any]) -> str | None:
         try:
@@ -348,9 +584,75 @@ class _Replay:
     def bind_site(self, site: Site, ns: dict[str, Any]) -> str | None:
         try:
             exec(_compiled(site.trusted, "exec"), ns)  # noqa: S102 - dataset code on decoded data
-        except Exception as e:  # noqa: BLE001
-            for name in _bound_names(site.trusted):
-                ns.pop(name, None)  # later sites fall back to the sandbox's value, if any
-            if site.kind == "target":
-                return f"test {site.test_index + 1}: {type(e).__name__}: {e}\n    {site.text}"
+        except Exception as e:  # noqa: BLE001 - the official run would raise here too
+            return f"test {site.test_index + 1}: {type(e).__name__}: {e}\n    {site.text}"
         return None
+
+
+_REFUSED = object()
+
+
+def _immutable(value: Any) -> bool:
+    """True for values no code can change in place (data the test holds by value)."""
+    if value is None or value is Ellipsis or isinstance(value, (bool, int, float, complex, str, bytes, range, slice)):
+        return True
+    if isinstance(value, (np.generic, type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, np.ufunc)):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(v) for v in value)
+    sympy = sys.modules.get("sympy")
+    return sympy is not None and isinstance(value, sympy.Basic)
+
+
+def _changed_in_place(current: Any, recorded: Any) -> Any:
+    """`current`, changed in place to agree with `recorded`; `_REFUSED` when it cannot be.
+
+    No in-place change gives another type, or an array of another shape or dtype.
+    """
+    if _immutable(current):
+        return current
+    if isinstance(current, np.ndarray):
+        if not isinstance(recorded, np.ndarray) or (recorded.shape, recorded.dtype) != (current.shape, current.dtype):
+            return _REFUSED
+        if current.flags.writeable:
+            np.copyto(current, recorded)
+        elif not _same_array(current, recorded):
+            return _REFUSED
+        return current
+    if isinstance(current, tuple):
+        if type(recorded) is not tuple or len(recorded) != len(current):
+            return _REFUSED
+        parts = [_changed_in_place(c, r) for c, r in zip(current, recorded, strict=True)]
+        return current if all(p is c for p, c in zip(parts, current, strict=True)) else _REFUSED
+    if isinstance(current, list) and type(recorded) is list:
+        current[:] = [_element(c, r) for c, r in zip(current, recorded, strict=False)] + recorded[len(current) :]
+        return current
+    if isinstance(current, dict) and type(recorded) is dict:
+        merged = {k: _element(current[k], v) if k in current else v for k, v in recorded.items()}
+        current.clear()
+        current.update(merged)
+        return current
+    if isinstance(current, set) and type(recorded) is set:
+        current.clear()
+        current.update(recorded)
+        return current
+    if isinstance(current, (list, dict, set)):
+        return _REFUSED
+    return recorded if type(recorded) is type(current) else _REFUSED
+
+
+def _element(current: Any, recorded: Any) -> Any:
+    """An element of a changed container: the same object changed in place, else the new one."""
+    if _immutable(current):
+        return recorded
+    changed = _changed_in_place(current, recorded)
+    return recorded if changed is _REFUSED else changed
+
+
+def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.dtype.kind == "O":
+        try:
+            return bool(np.array_equal(a, b))
+        except Exception:  # noqa: BLE001 - elements that cannot be compared
+            return False
+    return a.tobytes() == b.tobytes()

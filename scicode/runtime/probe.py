@@ -1,7 +1,7 @@
 """The in-sandbox probe: records the values a step's tests compute, and runs a step program.
 
 A step program is plain Python in which every site of the test plan (see `scicode.testplan`) is a
-call `__scicode_probe__.record(site_id, leaves, fallbacks)`. The recorder encodes those values as
+call `__scicode_probe__.record(site_id, leaves, exposed)`. The recorder encodes those values as
 data (`scicode.codec`) and appends one frame per call to the probe file, unbuffered, so that what
 was recorded before a crash or a kill survives. The runner compiles and executes the program as
 `__main__` and records how it ended (`syntax_error`, `exception`, `exit`, or `done`).
@@ -41,14 +41,18 @@ class Probe:
             written = self._write(self._fd, data)
             data = data[written:]
 
-    def record(self, site_id: int, leaves: tuple, fallbacks: tuple) -> tuple:
-        """Record a site's values; returns the leaves so replayed statements can reuse them."""
+    def record(self, site_id: int, leaves: tuple, exposed: tuple) -> tuple:
+        """Record a site's values; returns the leaves so replayed statements can reuse them.
+
+        `exposed` holds the objects the site reads that the test has handed to sandbox code
+        (`Site.exposed`).
+        """
         self.emit(
             {
                 "ev": "site",
                 "site": site_id,
                 "leaves": [Value(v) for v in leaves],
-                "fallbacks": [Value(v) for v in fallbacks],
+                "exposed": [Value(v) for v in exposed],
             }
         )
         return leaves
