@@ -244,6 +244,11 @@ def _bwrap_args(spec: RootSpec) -> list[str]:
         args += ["--symlink", target, path]
     # The private /tmp first: interpreter or payload paths under /tmp are bound on top of it.
     args += ["--proc", "/proc", "--dev", "/dev", "--size", str(spec.tmp_bytes), "--tmpfs", "/tmp"]  # noqa: S108
+    # bubblewrap leaves /proc/sys writable when its directory is 0555: kernel-wide settings stay
+    # read-only here whatever uid the sandbox maps to (core_pattern would run a command as host root).
+    args += ["--ro-bind", "/proc/sys", "/proc/sys"]
+    if os.path.exists("/proc/sysrq-trigger"):
+        args += ["--ro-bind", "/dev/null", "/proc/sysrq-trigger"]
     for path in spec.binds:
         args += ["--ro-bind", path, path]
     for path in spec.masks:

@@ -200,6 +200,7 @@ def enter_root(spec: dict[str, Any], base: str) -> None:
     os.symlink("/proc/self/fd/2", inside("/dev/stderr"))
     os.makedirs(inside("/proc"))
     _must_mount("proc", inside("/proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    _protect_proc(inside("/proc"))
     for path in spec.get("masks", []):
         _mask(inside(path))
     _pivot_root(base)
@@ -212,6 +213,16 @@ def _mask(path: str) -> None:
     elif os.path.exists(path):
         _must_mount("/dev/null", path, None, MS_BIND)
         _remount_read_only(path)
+
+
+def _protect_proc(proc: str) -> None:
+    """Make kernel-wide settings read-only in the `/proc` at `proc`.
+
+    A uid mapped to the host's root could otherwise write them (`kernel.core_pattern` runs a
+    command as host root). The locked cover also stops a program mounting a `/proc` without it.
+    """
+    _bind_read_only(os.path.join(proc, "sys"), os.path.join(proc, "sys"))
+    _mask(os.path.join(proc, "sysrq-trigger"))  # where the kernel has one
 
 
 def _become_namespace_init(config: dict[str, Any], base: str) -> None:
@@ -247,7 +258,9 @@ def _private_scratch(disk_bytes: int) -> str:
     entry (PID 1) is covered instead. The worker is not dumpable either way.
     """
     _must_mount(None, "/", None, MS_REC | MS_PRIVATE)
-    if not _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
+    if _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
+        _protect_proc("/proc")
+    else:
         _must_mount("none", "/proc/1", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
     keep = [p for p in _mounts_under("/tmp") if p != "/tmp"]
     stage = "/dev/shm"

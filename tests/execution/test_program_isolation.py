@@ -193,3 +193,22 @@ assert not writable, writable
 
 async def test_gold_and_model_code_never_share_workers(scorer) -> None:
     assert scorer.derivation is not scorer.executor
+
+
+async def test_kernel_settings_are_read_only(ex) -> None:
+    # Found by an adversarial review: with the sandbox's uid mapped to the host's root, a writable
+    # /proc/sys/kernel/core_pattern ran a command as host root (and stole the gold code).
+    source = """
+import os
+written = []
+for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/kernel/hostname', '/proc/sys/vm/overcommit_memory', '/proc/sysrq-trigger'):
+    try:
+        with open(path, 'w') as f:
+            f.write(open(path).read() if 'sysrq' not in path else 'h')
+        written.append(path)
+    except OSError:
+        pass
+assert not written, written
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
