@@ -29,7 +29,7 @@ from scicode.execution.base import ExecResult, StepProgram
 from scicode.testplan import LEAVES, FlowItem, Site, TestPlan
 
 #: Bump when a change can move a score; README's changelog says how.
-VERDICT_VERSION = "1"
+VERDICT_VERSION = "2"
 #: Longest failure detail kept (an honest one is a traceback tail of ~10 kB at most); a crafted
 #: record can make an exception message as large as the values it holds.
 MAX_DETAIL = 16_000

@@ -342,7 +342,8 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int, prepared: tuple[l
         signal.signal(sig, signal.SIG_DFL)
     outputs, workdir = prepared
     null = os.open(os.devnull, os.O_RDONLY)
-    with open("program.py", "w", encoding="utf-8", errors="surrogateescape") as f:
+    # surrogatepass: any str the trusted side sends becomes bytes; what they mean is the program's problem.
+    with open("program.py", "w", encoding="utf-8", errors="surrogatepass") as f:
         f.write(req["source"])
     for src, dst in ((null, 0), (outputs[0], 1), (outputs[1], 2), (outputs[2], 3), (status_fd, 4)):
         os.dup2(src, dst)

@@ -212,3 +212,10 @@ assert not written, written
 """
     r = await run(ex, source)
     assert ended_normally(r), FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
+
+
+async def test_a_source_that_cannot_be_encoded_is_the_programs_failure(ex) -> None:
+    # Found by an adversarial review: a lone surrogate in the reply became sandbox_error.
+    r = await run(ex, "s = '\ud800'\n")
+    assert r.returncode != 0 or r.signal
+    assert ended_normally(await run(ex, "pass\n"))
