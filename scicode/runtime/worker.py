@@ -152,13 +152,18 @@ def _mounts_under(path: str) -> list[str]:
     return sorted(set(out), key=len)
 
 
-def _bind_read_only(source: str, dest: str) -> None:
+def _mount_point(source: str, dest: str) -> None:
+    """Create `dest` as something `source` can be bound onto: a directory, or an empty file."""
     if os.path.isdir(source):
         os.makedirs(dest, exist_ok=True)
     else:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         if not os.path.exists(dest):
             open(dest, "wb").close()
+
+
+def _bind_read_only(source: str, dest: str) -> None:
+    _mount_point(source, dest)
     _must_mount(source, dest, None, MS_BIND | MS_REC)
     for point in _mounts_under(dest):
         _remount_read_only(point)
@@ -270,11 +275,7 @@ def _private_scratch(disk_bytes: int) -> str:
     os.chmod(fresh, 0o1777)
     for path in keep:
         dest = fresh + path[len("/tmp") :]
-        if os.path.isdir(path):
-            os.makedirs(dest, exist_ok=True)
-        else:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            open(dest, "wb").close()
+        _mount_point(path, dest)
         _must_mount(path, dest, None, MS_BIND | MS_REC)  # a bind keeps the source's read-only flag
     _must_mount(fresh, "/tmp", None, MS_BIND | MS_REC)
     _libc.umount2(stage.encode(), MNT_DETACH)

@@ -44,6 +44,11 @@ async def run(ex, source: str, timeout: float = 30):
     return await ex.run(StepProgram(step_id="t", source=source), timeout=timeout)
 
 
+def ending(result) -> dict:
+    """The last probe event: how the program ended, as it recorded it."""
+    return FrameReader(result.probe, max_bytes=1 << 30).frames()[-1][0]
+
+
 def ended_normally(result) -> bool:
     events = [h["ev"] for h, _ in FrameReader(result.probe, max_bytes=1 << 30).frames()]
     return result.returncode == 0 and events[-1:] == ["done"]
@@ -126,8 +131,8 @@ async def test_no_file_reaches_the_next_program(ex) -> None:
 async def test_a_full_scratch_hurts_only_its_program(ex) -> None:
     fill = "chunk = b'x' * (1 << 20)\nfor i in range(10**6):\n    with open(f'/tmp/fill{i}', 'wb') as f:\n        for _ in range(4):\n            f.write(chunk)\n"
     r = await run(ex, fill)
-    ending = FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
-    assert r.returncode == 1 and "No space left" in ending.get("message", ""), ending
+    last = ending(r)
+    assert r.returncode == 1 and "No space left" in last.get("message", ""), last
     after = await run(ex, "open('/tmp/after', 'wb').write(b'y' * (8 << 20))\n")
     assert ended_normally(after), after.stderr
 
@@ -151,7 +156,7 @@ except ProcessLookupError:
     pass
 """
     r = await run(ex, source)
-    assert ended_normally(r), FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
+    assert ended_normally(r), ending(r)
     assert ended_normally(await run(ex, "pass\n"))
 
 
@@ -211,7 +216,7 @@ for path in ('/proc/sys/kernel/core_pattern', '/proc/sys/kernel/hostname', '/pro
 assert not written, written
 """
     r = await run(ex, source)
-    assert ended_normally(r), FrameReader(r.probe, max_bytes=1 << 30).frames()[-1][0]
+    assert ended_normally(r), ending(r)
 
 
 async def test_a_source_that_cannot_be_encoded_is_the_programs_failure(ex) -> None:
