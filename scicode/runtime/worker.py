@@ -662,6 +662,18 @@ def _collect(task_dir: str, limit: int) -> dict[str, Any]:
     return out
 
 
+def _serve(runner: Runner, line: str, replies: Any) -> None:
+    """Answer one request. Its source, env and reply live only in this frame, gone before the next fork."""
+    if not line.strip():
+        return
+    req = json.loads(line)
+    try:
+        reply = runner.run(req)
+    except Exception as e:  # noqa: BLE001 - reported as an infrastructure failure
+        reply = {"id": req.get("id"), "setup_failed": True, "error": f"{type(e).__name__}: {e}"}
+    replies.write(json.dumps(reply) + "\n")
+
+
 def main() -> None:
     """Set up isolation, preload, then serve requests until stdin closes."""
     _prctl(PR_SET_DUMPABLE, 0)  # no program may read this process's memory (it ran other programs)
@@ -700,14 +712,8 @@ def main() -> None:
     replies = os.fdopen(reply_fd, "w", buffering=1)
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode, "isolate": runner.isolate}) + "\n")
     for line in sys.stdin:
-        if not line.strip():
-            continue
-        req = json.loads(line)
-        try:
-            reply = runner.run(req)
-        except Exception as e:  # noqa: BLE001 - reported as an infrastructure failure
-            reply = {"id": req.get("id"), "setup_failed": True, "error": f"{type(e).__name__}: {e}"}
-        replies.write(json.dumps(reply) + "\n")
+        _serve(runner, line, replies)
+        del line  # the next spare is forked from this frame: it must hold no earlier program's text
         runner.prepare()  # the next program's process, forked while the host reads this reply
     runner.discard()
 

@@ -224,3 +224,19 @@ async def test_a_source_that_cannot_be_encoded_is_the_programs_failure(ex) -> No
     r = await run(ex, "s = '\ud800'\n")
     assert r.returncode != 0 or r.signal
     assert ended_normally(await run(ex, "pass\n"))
+
+
+async def test_no_program_reads_an_earlier_programs_source(ex) -> None:
+    # Found by an adversarial review: in warm mode the next program's process was forked while the
+    # worker's frame still held the previous request, so walking the stack gave its source.
+    marker = uuid.uuid4().hex
+    assert ended_normally(await run(ex, f"secret = '{marker}'\n"))
+    probe = f"""
+import gc, sys
+f = sys._getframe()
+while f is not None:
+    assert '{marker[:16]}' + '{marker[16:]}' not in repr(f.f_locals), f.f_code.co_name
+    f = f.f_back
+"""
+    r = await run(ex, probe)
+    assert ended_normally(r), ending(r)
