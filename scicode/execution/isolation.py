@@ -35,12 +35,15 @@ from pathlib import Path
 
 from scicode.errors import ConfigError
 from scicode.execution.base import PROGRAM_ENV
+from scicode.runtime.worker import PROC_MASKS
 
 logger = logging.getLogger(__name__)
 
 LEVELS = ("auto", "bwrap", "unshare", "none")
 SANDBOX_SCRATCH = "/tmp/scicode-tasks"  # noqa: S108 - inside the sandbox's private tmpfs
 TMPFS_BYTES = 1 << 30
+#: The host uid and gid sandboxes run as when scicode runs as root (`nobody`, `nogroup`).
+SANDBOX_USER = (65534, 65534)
 _SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 _SECRET_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
 _PASS_ENV = ("PATH", "LANG", "LC_ALL", "TZ")
@@ -107,10 +110,19 @@ class Level:
         config: dict[str, object] = {"isolate": self.namespaces, "disk_bytes": disk_bytes}
         if self.name == "bwrap":
             args = _bwrap_args(_root_spec(self.python, payload, hidden, worker_tmp_bytes))
-            return [*args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]
+            return [*_as_sandbox_user(), *args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]
         if self.name == "unshare":
             config.update(namespaces=True, root=_root_spec(self.python, payload, hidden, worker_tmp_bytes).to_json())
+            config["user"] = SANDBOX_USER  # used only when started as root
         return [*argv, str(scratch), json.dumps(config)]
+
+
+def _as_sandbox_user() -> list[str]:
+    """Run as root, the command prefix that starts bubblewrap as `SANDBOX_USER` (see `unprivileged`)."""
+    if os.geteuid() != 0:
+        return []
+    trampoline = Path(__file__).with_name("unprivileged.py")
+    return [sys.executable, "-I", str(trampoline), *map(str, SANDBOX_USER), "--"]
 
 
 def scrubbed_env(*, payload: Path) -> dict[str, str]:
@@ -247,8 +259,9 @@ def _bwrap_args(spec: RootSpec) -> list[str]:
     # bubblewrap leaves /proc/sys writable when its directory is 0555: kernel-wide settings stay
     # read-only here whatever uid the sandbox maps to (core_pattern would run a command as host root).
     args += ["--ro-bind", "/proc/sys", "/proc/sys"]
-    if os.path.exists("/proc/sysrq-trigger"):
-        args += ["--ro-bind", "/dev/null", "/proc/sysrq-trigger"]
+    for name in PROC_MASKS:
+        if os.path.exists(f"/proc/{name}"):
+            args += ["--ro-bind", "/dev/null", f"/proc/{name}"]
     for path in spec.binds:
         args += ["--ro-bind", path, path]
     for path in spec.masks:

@@ -17,6 +17,7 @@ FILES = (
     "codec.py",
     "runtime/__init__.py",
     "runtime/probe.py",
+    "runtime/seccomp.py",
     "runtime/worker.py",
     "runtime/remote.py",
     "compare/__init__.py",

@@ -25,7 +25,8 @@ Modes: `warm` imports the scientific stack once and forks one child per program 
 `fresh` starts a new interpreter per program, exactly like `python program.py`.
 
 Usage: python -m scicode.runtime.worker {warm|fresh} SCRATCH_DIR [CONFIG_JSON]
-CONFIG_JSON: {"namespaces": bool, "root": {...} (see `enter_root`), "isolate": bool}
+CONFIG_JSON: {"namespaces": bool, "root": {...} (see `enter_root`), "isolate": bool,
+              "user": [uid, gid] (who to become when started as root, at the `unshare` level)}
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 PRELOAD = (
     "numpy",
@@ -61,10 +63,11 @@ PRELOAD = (
     "sympy",
     "scicode.codec",
     "scicode.runtime.probe",
+    "scicode.runtime.seccomp",
     "scicode.compare.cmp",
 )
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-CLONE_NEWIPC = 0x08000000
+CLONE_NEWIPC, CLONE_NEWUTS = 0x08000000, 0x04000000
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 24, 36, 38
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_MOVE, MS_REMOUNT, MS_REC = 1024, 2048, 4096, 8192, 32, 16384
@@ -76,6 +79,7 @@ STARTED = b"S"
 """Written by the program's process just before program code runs (see the module docstring)."""
 TAIL_BYTES = 16 * 1024
 DEVICES = ("null", "zero", "full", "random", "urandom")
+PROC_MASKS = ("sysrq-trigger", "keys", "key-users")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -108,12 +112,17 @@ def _unshare_user(rest: int) -> bool:
     uid, gid = os.getuid(), os.getgid()
     if _libc.unshare(CLONE_NEWUSER | rest) != 0:
         return False
+    # A process that is not dumpable has its /proc files owned by root: an unprivileged caller
+    # could not write its own maps. Nothing else can see this process while the maps are written.
+    _prctl(PR_SET_DUMPABLE, 1)
     try:
         _write_file("/proc/self/setgroups", "deny")
         _write_file("/proc/self/uid_map", f"{uid} {uid} 1")
         _write_file("/proc/self/gid_map", f"{gid} {gid} 1")
     except OSError:
         return False
+    finally:
+        _prctl(PR_SET_DUMPABLE, 0)
     return True
 
 
@@ -122,14 +131,30 @@ def _unshare_user(rest: int) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def new_namespaces() -> bool:
-    """Unshare user (when unprivileged namespaces work), mount, network and PID namespaces.
+def new_namespaces(privileged: bool = False) -> bool:
+    """Unshare user (when unprivileged namespaces work), mount, network, PID, UTS and IPC namespaces.
 
-    The caller's next child becomes PID 1 of the new PID namespace. Returns False when the kernel
-    refuses.
+    `privileged` (real root, about to become an unprivileged user): no user namespace, so the
+    root can be built with root's access to the host's paths. The caller's next child becomes
+    PID 1 of the new PID namespace. Returns False when the kernel refuses.
     """
-    rest = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID
+    rest = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+    if privileged:
+        return _libc.unshare(rest) == 0
     return _unshare_user(rest) or _libc.unshare(rest) == 0
+
+
+def become(user: tuple[int, int]) -> None:
+    """Become the unprivileged host user `user` (uid, gid): no groups, and with uid 0 gone, no capabilities.
+
+    Run as root, the sandbox would otherwise map to the host's root, which owns kernel-wide
+    settings and every root-owned file a mistake could expose.
+    """
+    uid, gid = user
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    _prctl(PR_SET_DUMPABLE, 0)  # a change of credentials resets it
 
 
 def _remount_read_only(path: str) -> None:
@@ -225,22 +250,34 @@ def _protect_proc(proc: str) -> None:
 
     A uid mapped to the host's root could otherwise write them (`kernel.core_pattern` runs a
     command as host root). The locked cover also stops a program mounting a `/proc` without it.
+    Kernel keys (`/proc/keys`) are per host uid, so they are hidden too.
     """
     _bind_read_only(os.path.join(proc, "sys"), os.path.join(proc, "sys"))
-    _mask(os.path.join(proc, "sysrq-trigger"))  # where the kernel has one
+    for name in PROC_MASKS:  # where the kernel has them
+        _mask(os.path.join(proc, name))
 
 
 def _become_namespace_init(config: dict[str, Any], base: str) -> None:
-    """Enter new namespaces and continue as their PID 1 in a minimal root; the original process only waits."""
-    if not new_namespaces():
+    """Enter new namespaces and continue as their PID 1 in a minimal root; the original process only waits.
+
+    Started as root with `config["user"]`, both processes become that unprivileged user, the
+    namespace's PID 1 once its root is built.
+    """
+    user = tuple(config["user"]) if os.getuid() == 0 and config.get("user") else None
+    if not new_namespaces(privileged=user is not None):
         raise SystemExit("scicode worker: the kernel refused new namespaces")
     pid = os.fork()
     if pid:
+        if user:
+            become(user)  # type: ignore[arg-type]
         signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     enter_root(config["root"], base)
+    if user:
+        become(user)  # type: ignore[arg-type]
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of credentials clears it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,8 +286,8 @@ def _become_namespace_init(config: dict[str, Any], base: str) -> None:
 
 
 def program_namespaces() -> bool:
-    """New user, PID, mount and IPC namespaces for the caller's next child (the program)."""
-    return _unshare_user(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC)
+    """New user, PID, mount, IPC and UTS namespaces for the caller's next child (the program)."""
+    return _unshare_user(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
 
 
 def _private_scratch(disk_bytes: int) -> str:
@@ -352,6 +389,10 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int, prepared: tuple[l
     os.set_inheritable(3, True)
     os.set_inheritable(4, True)
     _drop_capabilities()
+    if isolated:
+        from scicode.runtime import seccomp
+
+        seccomp.install()  # no new namespaces, mounts or kernel keys: see its docstring
     _set_limits(req)
     _prctl(PR_SET_DUMPABLE, 0)
     env = dict(req["env"], HOME=workdir, PWD=workdir)
@@ -461,6 +502,42 @@ class Runner:
         self.disk_bytes = disk_bytes
         self.spare: tuple[int | None, int, int, str] | None = None  # pid (None: setup failed), pipes, task dir
         self._count = 0
+        self._zygote: tuple[int, socket.socket] | None = None  # see `start_zygote`
+
+    def start_zygote(self, close: tuple[int, ...] = ()) -> None:
+        """From now on, fork every program's process from a process that never sees a request.
+
+        Freed memory keeps its old bytes: a process that has answered requests still holds
+        earlier programs' sources and outputs, and a program forked from it could read them in
+        its own copy. The zygote is forked before the first request and only ever receives
+        pipe ends and a directory name. `close`: the worker's protocol fds, which it must not hold.
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)  # stdin carries requests
+            for fd in (null, *close):
+                os.close(fd)
+            self._serve_zygote(theirs)
+        theirs.close()
+        self._zygote = (pid, ours)
+
+    def _serve_zygote(self, sock: socket.socket) -> NoReturn:
+        """In the zygote: fork one program's process per message (pipe ends + task dir); answer its pid."""
+        try:
+            while True:
+                message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
+                if not message or len(fds) != 2:
+                    break
+                pid = self._fork_program(fds[0], fds[1], message.decode(), others=())
+                for fd in fds:
+                    os.close(fd)
+                sock.send(str(pid).encode() if pid is not None else b"-")
+        finally:
+            os._exit(0)
 
     def prepare(self) -> None:
         """Fork the next program's process, with its namespaces, scratch and output files, while nothing waits."""
@@ -472,45 +549,54 @@ class Runner:
         os.mkdir(task_dir, 0o700)
         req_r, req_w = os.pipe()
         status_r, status_w = os.pipe()
-        ends = (req_r, req_w, status_r, status_w)
-        pid = self._fork_isolated(ends, task_dir) if self.isolate else self._fork(ends, task_dir)
-        os.close(req_r)
-        os.close(status_w)
+        try:
+            if self._zygote is None:
+                pid = self._fork_program(req_r, status_w, task_dir, others=(req_w, status_r))
+            else:
+                pid = self._ask_zygote(req_r, status_w, task_dir)
+        finally:
+            os.close(req_r)
+            os.close(status_w)
         self.spare = (pid, req_w, status_r, task_dir)
 
-    def _fork(self, ends: tuple[int, int, int, int], task_dir: str) -> int:
-        pid = os.fork()
-        if pid == 0:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # never outlive the worker, even while waiting
-            self._program_process(ends, task_dir)
-        return pid
+    def _ask_zygote(self, req_r: int, status_w: int, task_dir: str) -> int | None:
+        assert self._zygote is not None
+        socket.send_fds(self._zygote[1], [task_dir.encode()], [req_r, status_w])
+        answer = self._zygote[1].recv(64)
+        if not answer:
+            raise RuntimeError("the worker's zygote died")
+        return None if answer == b"-" else int(answer)
 
-    def _fork_isolated(self, ends: tuple[int, int, int, int], task_dir: str) -> int | None:
-        """Fork a helper that makes the namespaces and forks the program's process (their PID 1)."""
+    def _fork_program(self, req_r: int, status_w: int, task_dir: str, others: tuple[int, ...]) -> int | None:
+        """Fork the program's process through a helper (which makes the namespaces, with `isolate`).
+
+        The helper exits at once, so the program's process becomes the child of the worker, a
+        child subreaper, wherever the fork happened (here or in the zygote). None: the kernel
+        refused the namespaces.
+        """
         pid_r, pid_w = os.pipe()
         helper = os.fork()
         if helper == 0:
             try:
                 os.close(pid_r)
-                if program_namespaces():
+                for fd in others:
+                    os.close(fd)
+                if not self.isolate or program_namespaces():
                     init = os.fork()
                     if init == 0:
                         os.close(pid_w)
-                        self._program_process(ends, task_dir)
+                        self._program_process(req_r, status_w, task_dir)
                     os.write(pid_w, str(init).encode())
             finally:
                 os._exit(0)
         os.close(pid_w)
         with os.fdopen(pid_r, "rb") as f:
             data = f.read()
-        os.waitpid(helper, 0)  # the program's process is now this worker's child
+        os.waitpid(helper, 0)
         return int(data) if data else None
 
-    def _program_process(self, ends: tuple[int, int, int, int], task_dir: str) -> None:
-        req_r, req_w, status_r, status_w = ends
+    def _program_process(self, req_r: int, status_w: int, task_dir: str) -> NoReturn:
         try:
-            os.close(req_w)
-            os.close(status_r)
             prepared = _prepare_program(task_dir, self.isolate, self.disk_bytes)
             with os.fdopen(req_r, "rb") as f:
                 line = f.readline()
@@ -534,13 +620,23 @@ class Runner:
                     os.kill(pid, signal.SIGKILL)
             shutil.rmtree(task_dir, ignore_errors=True)
             self.spare = None
+        if self._zygote is not None:
+            self._zygote[1].close()  # it exits when its socket closes
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._zygote[0], 0)
+            self._zygote = None
+
+    def _protected(self) -> set[int]:
+        """Processes of the worker itself below it: never counted or killed as the program's."""
+        return {self._zygote[0]} if self._zygote else set()
 
     def _clean(self) -> None:
         """Before a program: nothing left of the previous one (reaped; without namespaces, every descendant killed)."""
         if self.isolate:
             _reap()
         else:
-            _kill_until_gone({self.spare[0]} if self.spare and self.spare[0] else set(), set())
+            spare = {self.spare[0]} if self.spare and self.spare[0] else set()
+            _kill_until_gone(spare | self._protected(), set())
 
     def run(self, req: dict[str, Any]) -> dict[str, Any]:
         """Run one program (`req["source"]`) under the timeout and the process limit; the reply dict.
@@ -590,7 +686,7 @@ class Runner:
         if not self.isolate:
             # Whatever the program left running dies before its outputs are read. The program's own
             # process is not waited for when it reported its status: its teardown overlaps the reply.
-            _kill_until_gone(set(), {pid} if status is not None else set())
+            _kill_until_gone(self._protected(), {pid} if status is not None else set())
         reply: dict[str, Any] = {
             "id": req["id"],
             "timed_out": killed_for == "timeout",
@@ -626,7 +722,7 @@ class Runner:
                     watched = [pidfd]  # closed (fresh mode closes it once started): wait for the exit itself
             if pidfd in ready:
                 return None, received[:1] == STARTED, None
-            if max_processes and len(_descendants()) > max_processes:
+            if max_processes and len(_descendants(self._protected())) > max_processes:
                 return "processes", started, None
 
 
@@ -663,7 +759,7 @@ def _collect(task_dir: str, limit: int) -> dict[str, Any]:
 
 
 def _serve(runner: Runner, line: str, replies: Any) -> None:
-    """Answer one request. Its source, env and reply live only in this frame, gone before the next fork."""
+    """Answer one request (programs are forked by the zygote, which never sees it)."""
     if not line.strip():
         return
     req = json.loads(line)
@@ -708,12 +804,12 @@ def main() -> None:
     runner = Runner(
         mode, scratch=own, isolate=bool(config.get("isolate")), disk_bytes=int(config.get("disk_bytes", 1 << 30))
     )
+    runner.start_zygote(close=(reply_fd,))
     runner.prepare()
     replies = os.fdopen(reply_fd, "w", buffering=1)
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode, "isolate": runner.isolate}) + "\n")
     for line in sys.stdin:
         _serve(runner, line, replies)
-        del line  # the next spare is forked from this frame: it must hold no earlier program's text
         runner.prepare()  # the next program's process, forked while the host reads this reply
     runner.discard()
 

@@ -240,3 +240,97 @@ while f is not None:
 """
     r = await run(ex, probe)
     assert ended_normally(r), ending(r)
+
+
+async def test_no_program_finds_an_earlier_program_in_its_memory(ex) -> None:
+    # Found by an adversarial review: a warm worker's freed heap still held earlier requests and
+    # replies, and each program's process was forked from it. Programs are now forked by a
+    # process that has never seen either, so this scan of the program's whole address space
+    # finds nothing of the previous program's source or output.
+    import hashlib
+
+    marker = uuid.uuid4().hex
+    assert ended_normally(await run(ex, f"secret = '{marker}'\nprint('out=' + secret * 4)\n"))
+    digest = hashlib.sha256(marker.encode()).hexdigest()
+    scan = f"""
+import ctypes, hashlib, re
+found = set()
+with open('/proc/self/maps') as maps:
+    regions = [line.split()[:2] for line in maps]
+for addresses, perms in regions:
+    if perms.startswith('rw'):
+        start, end = (int(a, 16) for a in addresses.split('-'))
+        chunk = ctypes.string_at(start, end - start)
+        for m in re.finditer(rb"[0-9a-f]{{32}}", chunk):
+            if hashlib.sha256(m.group()).hexdigest() == '{digest}':
+                found.add(hex(start))
+assert not found, found
+"""
+    r = await run(ex, scan, timeout=60)
+    assert ended_normally(r), ending(r)
+
+
+async def test_no_program_makes_namespaces_mounts_or_keys(ex) -> None:
+    # Found by an adversarial review: a program could create a user namespace and mount a tmpfs
+    # there that no memory limit counts, and kernel keys (shared by a host uid) carried data from
+    # one program to the next.
+    source = """
+import ctypes, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+made = []
+for flags in (0x10000000, 0x10000000 | 0x00020000, 0x00020000, 0x04000000):
+    if libc.unshare(flags) == 0:
+        made.append(hex(flags))
+if libc.mount(b"none", b"/tmp", b"tmpfs", 0, b"size=1g") == 0:
+    made.append("mount")
+if libc.umount2(b"/tmp", 2) == 0:
+    made.append("umount")
+if libc.syscall(248, b"user", b"scicode-key", b"data", 4, -3) >= 0:  # add_key to the session keyring
+    made.append("key")
+if libc.sethostname(b"scicode", 7) == 0:
+    made.append("hostname")
+shell = subprocess.run(["unshare", "-Urm", "true"], capture_output=True)
+if shell.returncode == 0:
+    made.append("unshare(1)")
+assert not made, made
+try:
+    keys = open('/proc/keys').read()
+except OSError:  # hidden
+    keys = ''
+assert 'scicode-key' not in keys, keys
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
+
+
+def host_uids(pid: int) -> set[int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {int(u) for u in fields["Uid"].split()}, int(fields["PPid"])
+
+
+async def test_no_sandbox_process_is_host_root(ex) -> None:
+    # Found by an adversarial review: run as root, the sandbox's uid mapped to the host's root,
+    # the owner of kernel-wide settings and root-owned files. Seen from the host, neither the
+    # program nor its worker may be root, whoever runs scicode.
+    name = f"sc{uuid.uuid4().hex[:12]}"
+    source = f"""
+import ctypes, time
+ctypes.CDLL(None).prctl(15, b"{name}", 0, 0, 0)
+time.sleep(1.5)
+"""
+    task = asyncio.ensure_future(run(ex, source))
+    found: list[str] = []
+    for _ in range(100):
+        found = alive_with_name(name)
+        if found:
+            break
+        await asyncio.sleep(0.02)
+    assert found, "the program never showed up on the host"
+    pid = int(found[0].split("/")[2])
+    uids, parent = host_uids(pid)
+    worker_uids, _ = host_uids(parent)
+    await task
+    assert 0 not in uids | worker_uids, (uids, worker_uids)
+    if os.getuid() != 0:
+        assert uids == {os.getuid()}
