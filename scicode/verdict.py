@@ -84,17 +84,19 @@ def no_run_verdict(step_id: str, kind: FailureKind, detail: str) -> StepVerdict:
 
 @dataclass(frozen=True)
 class _Events:
-    sites: list[tuple[dict[str, Any], list[bytes]]]
     ending: dict[str, Any] | None
     stream: list[tuple[dict[str, Any], list[bytes]]]
 
 
 def _read_events(result: ExecResult, max_bytes: int) -> _Events:
     frames = FrameReader(result.probe, max_bytes=max_bytes).frames()
-    ending = next(
-        (h for h, _ in reversed(frames) if h.get("ev") in ("syntax_error", "exception", "exit", "done")), None
-    )
-    return _Events(sites=[f for f in frames if f[0].get("ev") == "site"], ending=ending, stream=frames)
+    ending = next((h for h, _ in reversed(frames) if _is_event(h.get("ev"), _ENDINGS)), None)
+    return _Events(ending=ending, stream=frames)
+
+
+def _is_event(event: object, kinds: frozenset[str]) -> bool:
+    """Whether a decoded `ev` field is one of `kinds` (it may be any decoded value: a list is not hashable)."""
+    return isinstance(event, str) and event in kinds
 
 
 def judge(
@@ -328,6 +330,7 @@ class _Flow:
             return None
         self.seen += 1
         event = header.get("ev")
+        event = event if isinstance(event, str) else repr(event)  # any decoded value; only strings are events
         if self.ended:
             return self.fail(f"a {str(event)[:20]!r} record follows the end of the run")
         if event == "start":
