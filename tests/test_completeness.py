@@ -198,11 +198,13 @@ async def test_a_failing_trusted_replay_fails_the_step(scorer, validation, make_
     assert (await judge(scorer, validation, honest, "6.1")).passed
 
 
-async def test_rebinding_the_tests_thresholds_in_module_globals(scorer, validation) -> None:
-    """6.1 test 4 hands `frequency_threshold1` and `2` to the model, then its assert reads them
-    again: a model that rebinds them in the test's globals cannot make a wrong mask area pass."""
-    code = FILTER + (
-        "def apply_low_pass_filter(image_array, frequency_threshold):\n"
+#: Answers that bend a value the test computes itself (name: step, answer, where it must fail).
+FRAME_ATTACKS = {
+    # 6.1 test 4 hands `frequency_threshold1` and `2` to the model, then its assert reads them
+    # again: rebinding them in the test's globals cannot make a wrong mask area pass.
+    "rebinding the test's thresholds in module globals": (
+        "6.1",
+        FILTER + "def apply_low_pass_filter(image_array, frequency_threshold):\n"
         "    g = __import__('sys')._getframe(1).f_globals\n"
         "    T, image = _filter(image_array, frequency_threshold)\n"
         "    if 'image_array1' in g:\n"
@@ -211,25 +213,19 @@ async def test_rebinding_the_tests_thresholds_in_module_globals(scorer, validati
         "            g['frequency_threshold1'], g['frequency_threshold2'] = 5.0, 0.0\n"
         "        else:\n"
         "            T.flat[:100] = 1.0\n"
-        "    return T, image\n"
-    )
-    v = await judge(scorer, validation, code, "6.1")
-    assert v.kind is FailureKind.WRONG_ANSWER and "test 4" in v.detail, v
-
-
-async def test_reading_the_expected_value_from_the_callers_frame(scorer, validation) -> None:
-    """78.1 computes `expected_output` from constants before it calls the model."""
-    code = (
+        "    return T, image\n",
+        "test 4",
+    ),
+    # 78.1 computes `expected_output` from constants before it calls the model.
+    "reading the expected value from the caller's frame": (
+        "78.1",
         "def pendulum_derivs(state, t, g, L, beta, A, alpha):\n"
         "    caller = __import__('sys')._getframe(1)\n"
-        "    return caller.f_locals.get('expected_output', np.zeros(2))\n"
-    )
-    v = await judge(scorer, validation, code, "78.1")
-    assert v.kind is FailureKind.WRONG_ANSWER, v
-
-
-async def test_reading_any_expected_value_from_any_frame(scorer, validation) -> None:
-    code = (
+        "    return caller.f_locals.get('expected_output', np.zeros(2))\n",
+        "",
+    ),
+    "reading any expected value from any frame": (
+        "78.1",
         "def pendulum_derivs(state, t, g, L, beta, A, alpha):\n"
         "    f = __import__('sys')._getframe(1)\n"
         "    while f is not None:\n"
@@ -237,37 +233,38 @@ async def test_reading_any_expected_value_from_any_frame(scorer, validation) -> 
         "            if 'expected' in name and getattr(value, 'shape', None) == (2,):\n"
         "                return value\n"
         "        f = f.f_back\n"
-        "    return np.zeros(2)\n"
-    )
-    v = await judge(scorer, validation, code, "78.1")
-    assert v.kind is FailureKind.WRONG_ANSWER, v
-
-
-async def test_patching_numpy_bends_no_expected_value(scorer, validation) -> None:
-    """Without gravity, and with `np.sin` zeroed in the sandbox, 78.1's own expected values agree."""
-    code = (
+        "    return np.zeros(2)\n",
+        "",
+    ),
+    # Without gravity, and with `np.sin` zeroed in the sandbox, 78.1's own expected values agree.
+    "patching numpy to bend an expected value": (
+        "78.1",
         "np.sin = lambda x: 0.0 * x\n"
         "def pendulum_derivs(state, t, g, L, beta, A, alpha):\n"
         "    theta, omega = state\n"
-        "    return np.array([omega, -beta * omega + A * np.cos(alpha * t)])\n"
-    )
-    v = await judge(scorer, validation, code, "78.1")
-    assert v.kind is FailureKind.WRONG_ANSWER, v
-
-
-async def test_rebinding_the_callers_locals(scorer, validation) -> None:
-    """78.2 test 1 hands g (and n, L, dt) to the model, then computes its expected angle from them:
-    rebinding g in the caller's frame would turn that angle into -0.1."""
-    code = (
+        "    return np.array([omega, -beta * omega + A * np.cos(alpha * t)])\n",
+        "",
+    ),
+    # 78.2 test 1 hands g (and n, L, dt) to the model, then computes its expected angle from them:
+    # rebinding g in the caller's frame would turn that angle into -0.1.
+    "rebinding the caller's locals": (
+        "78.2",
         "def runge_kutta_4th_order(f, state, t0, dt, n, g, L, beta, A, alpha):\n"
         "    ctypes = __import__('ctypes')\n"
         "    caller = __import__('sys')._getframe(1)\n"
         "    caller.f_locals['g'] = (np.pi / 10) ** 2\n"
         "    ctypes.pythonapi.PyFrame_LocalsToFast(ctypes.py_object(caller), ctypes.c_int(0))\n"
-        "    return np.tile(np.array([-0.1, 0.0]), (n + 1, 1))\n"
-    )
-    v = await judge(scorer, validation, code, "78.2")
-    assert v.kind is FailureKind.WRONG_ANSWER and "test 1" in v.detail, v
+        "    return np.tile(np.array([-0.1, 0.0]), (n + 1, 1))\n",
+        "test 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("attack", FRAME_ATTACKS.values(), ids=FRAME_ATTACKS.keys())
+async def test_no_answer_bends_a_value_the_test_computes(scorer, validation, attack) -> None:
+    step_id, code, where = attack
+    v = await judge(scorer, validation, code, step_id)
+    assert v.kind is FailureKind.WRONG_ANSWER and where in v.detail, v
 
 
 async def test_mutating_an_argument_in_place_is_seen_as_officially(scorer, validation) -> None:
