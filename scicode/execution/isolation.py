@@ -22,6 +22,7 @@ address space, file size, CPU time and core dumps, a new session, and a death si
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -91,6 +92,8 @@ class Level:
     notes: str
     namespaces: bool
     python: str
+    user: tuple[int, int] | None = None
+    """Started as root: the unprivileged host user the sandbox runs as (None: as whoever starts it)."""
 
     def command(
         self,
@@ -110,19 +113,18 @@ class Level:
         config: dict[str, object] = {"isolate": self.namespaces, "disk_bytes": disk_bytes}
         if self.name == "bwrap":
             args = _bwrap_args(_root_spec(self.python, payload, hidden, worker_tmp_bytes))
-            return [*_as_sandbox_user(), *args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]
+            return [*self._as_user(), *args, "--", *argv, SANDBOX_SCRATCH, json.dumps(config)]
         if self.name == "unshare":
             config.update(namespaces=True, root=_root_spec(self.python, payload, hidden, worker_tmp_bytes).to_json())
-            config["user"] = SANDBOX_USER  # used only when started as root
+            config["user"] = self.user
         return [*argv, str(scratch), json.dumps(config)]
 
-
-def _as_sandbox_user() -> list[str]:
-    """Run as root, the command prefix that starts bubblewrap as `SANDBOX_USER` (see `unprivileged`)."""
-    if os.geteuid() != 0:
-        return []
-    trampoline = Path(__file__).with_name("unprivileged.py")
-    return [sys.executable, "-I", str(trampoline), *map(str, SANDBOX_USER), "--"]
+    def _as_user(self) -> list[str]:
+        """The command prefix that starts bubblewrap as `user` (see `unprivileged`), when run as root."""
+        if self.user is None or os.geteuid() != 0:
+            return []
+        trampoline = Path(__file__).with_name("unprivileged.py")
+        return [sys.executable, "-I", str(trampoline), *map(str, self.user), "--"]
 
 
 def scrubbed_env(*, payload: Path) -> dict[str, str]:
@@ -173,22 +175,44 @@ def _warn_unisolated() -> None:
 def probe(python: str) -> dict[str, Level]:
     """Which levels work with this interpreter (run once per process)."""
     levels = {"none": Level("none", "rlimits, new session, subreaper kill; no namespaces", False, python)}
-    if _namespaces_work(python):
-        levels["unshare"] = Level(
-            "unshare",
-            "own namespaces and minimal read-only root per worker; PID, mount, IPC namespaces and tmpfs per program",
-            True,
-            python,
-        )
-    if shutil.which("bwrap") and _bwrap_works(python):
-        levels["bwrap"] = Level(
-            "bwrap",
-            "bubblewrap: minimal read-only root, no network, no capabilities; PID, mount, IPC namespaces "
-            "and tmpfs per program",
-            True,
-            python,
-        )
+    notes = {
+        "unshare": "own namespaces and minimal read-only root per worker; "
+        "PID, mount, IPC, UTS namespaces, seccomp and tmpfs per program",
+        "bwrap": "bubblewrap: minimal read-only root, no network, no capabilities; "
+        "PID, mount, IPC, UTS namespaces, seccomp and tmpfs per program",
+    }
+    for name in ("unshare", "bwrap"):
+        if name == "bwrap" and not shutil.which("bwrap"):
+            continue
+        level = _working_variant(Level(name, notes[name], True, python))
+        if level is not None:
+            levels[name] = level
     return levels
+
+
+def _working_variant(level: Level) -> Level | None:
+    """`level` as it works here: as `SANDBOX_USER` when run as root, else as root if only that works.
+
+    Where unprivileged user namespaces are refused (a sysctl or an AppArmor policy), root can
+    still build the sandbox, mapped to itself; that beats no isolation, and is said loudly.
+    """
+    if os.geteuid() != 0:
+        return level if _level_works(level) else None
+    unprivileged = dataclasses.replace(
+        level, user=SANDBOX_USER, notes=f"{level.notes}; runs as host uid {SANDBOX_USER[0]}"
+    )
+    if _level_works(unprivileged):
+        return unprivileged
+    if not _level_works(level):
+        return None
+    logger.warning(
+        "scicode: isolation level %s works here only with the sandbox mapped to the host's root "
+        "(unprivileged user namespaces are refused); allow them (sysctl kernel.unprivileged_userns_clone=1, "
+        "or kernel.apparmor_restrict_unprivileged_userns=0) to run sandboxes as uid %d",
+        level.name,
+        SANDBOX_USER[0],
+    )
+    return dataclasses.replace(level, notes=level.notes + "; sandbox uid maps to host root")
 
 
 def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str] | None:
@@ -196,10 +220,6 @@ def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Co
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-
-
-def _namespaces_work(python: str) -> bool:
-    return _level_works(Level("unshare", "", True, python))
 
 
 @functools.cache
@@ -268,10 +288,6 @@ def _bwrap_args(spec: RootSpec) -> list[str]:
         args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
     args += ["--chdir", "/tmp"]  # noqa: S108 - the private tmpfs
     return args
-
-
-def _bwrap_works(python: str) -> bool:
-    return _level_works(Level("bwrap", "", True, python))
 
 
 def _level_works(level: Level) -> bool:

@@ -18,7 +18,7 @@ import pytest
 
 import scicode
 from scicode.codec import FrameReader
-from scicode.execution import ExecutorOptions, StepProgram, make_executor
+from scicode.execution import ExecutorOptions, StepProgram, isolation, make_executor
 from scicode.execution.isolation import probe
 
 LEVELS = [name for name in ("bwrap", "unshare") if name in probe(sys.executable)]
@@ -334,3 +334,24 @@ time.sleep(1.5)
     assert 0 not in uids | worker_uids, (uids, worker_uids)
     if os.getuid() != 0:
         assert uids == {os.getuid()}
+
+
+@pytest.mark.parametrize(
+    ("works_unprivileged", "works_as_root", "expected"),
+    [(True, True, isolation.SANDBOX_USER), (False, True, None), (False, False, "absent")],
+)
+def test_as_root_a_level_runs_unprivileged_where_it_can(
+    monkeypatch, caplog, works_unprivileged, works_as_root, expected
+) -> None:
+    # Where unprivileged user namespaces are refused, root can still build the sandbox mapped to
+    # itself: better than no isolation, and it must be said, not silent.
+    monkeypatch.setattr(isolation.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(isolation, "_level_works", lambda level: works_unprivileged if level.user else works_as_root)
+    level = isolation._working_variant(isolation.Level("bwrap", "notes", True, sys.executable))
+    if expected == "absent":
+        assert level is None
+        return
+    assert level is not None and level.user == expected
+    root_mapped = expected is None
+    assert ("maps to host root" in level.notes) is root_mapped
+    assert ("host's root" in caplog.text) is root_mapped
