@@ -338,7 +338,7 @@ def _drop_capabilities() -> None:
     _libc.capset(ctypes.byref(header), data)
 
 
-def _set_limits(req: dict[str, Any]) -> None:
+def _set_limits(req: dict[str, Any], isolated: bool) -> None:
     cpu = int(req["timeout"]) + 2
     limits = {
         resource.RLIMIT_AS: req["memory_bytes"],
@@ -346,6 +346,11 @@ def _set_limits(req: dict[str, Any]) -> None:
         resource.RLIMIT_CPU: (cpu, cpu + 1),  # soft first: SIGXCPU, then SIGKILL
         resource.RLIMIT_CORE: 0,
     }
+    if isolated and req.get("max_processes"):
+        # The kernel counts processes per user namespace and uid: in the program's own namespace
+        # this is its process count, refused at fork time. The worker's polling alone let a burst
+        # of forks exhaust the host's PIDs before it looked. (Host root is exempt: see `become`.)
+        limits[resource.RLIMIT_NPROC] = int(req["max_processes"])
     for which, value in limits.items():
         soft, hard = value if isinstance(value, tuple) else (value, value)
         with contextlib.suppress(ValueError, OSError):
@@ -393,7 +398,7 @@ def _task_main(req: dict[str, Any], mode: str, status_fd: int, prepared: tuple[l
         from scicode.runtime import seccomp
 
         seccomp.install()  # no new namespaces, mounts or kernel keys: see its docstring
-    _set_limits(req)
+    _set_limits(req, isolated)
     _prctl(PR_SET_DUMPABLE, 0)
     env = dict(req["env"], HOME=workdir, PWD=workdir)
     if mode == "fresh":

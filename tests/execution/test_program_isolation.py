@@ -355,3 +355,24 @@ def test_as_root_a_level_runs_unprivileged_where_it_can(
     root_mapped = expected is None
     assert ("maps to host root" in level.notes) is root_mapped
     assert ("host's root" in caplog.text) is root_mapped
+
+
+async def test_a_burst_of_forks_stops_at_the_process_limit(ex) -> None:
+    # Found by an adversarial review: the process limit was only polled, so a burst of forks from
+    # many shells exhausted the host's PIDs (32768 here) before the worker looked. The kernel now
+    # refuses the fork past the limit. (Bounded here: at most 300 tries, each child only sleeps.)
+    source = """
+import os, time
+made = 0
+for _ in range(300):
+    try:
+        if os.fork() == 0:
+            time.sleep(5)
+            os._exit(0)
+        made += 1
+    except OSError:
+        break
+assert made < 256, made
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
