@@ -223,8 +223,8 @@ def _run(cmd: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Co
 
 
 @functools.cache
-def _python_paths(python: str) -> tuple[str, ...]:
-    """Directories the interpreter needs: prefixes, the real executable's dir, sys.path entries."""
+def _interpreter(python: str) -> tuple[list[str], list[str]]:
+    """The interpreter's prefixes (and its executable's directories), and its `sys.path` entries."""
     code = (
         "import sys, os, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, "
         "os.path.dirname(os.path.realpath(sys.executable)), os.path.dirname(sys.executable)] + sys.path))"
@@ -233,7 +233,13 @@ def _python_paths(python: str) -> tuple[str, ...]:
     if result is None or result.returncode != 0:
         raise ConfigError(f"cannot run the sandbox interpreter {python!r}: {result.stderr if result else 'failed'}")
     info = json.loads(result.stdout)
-    prefixes, entries = info[:5], info[5:]
+    return info[:5], info[5:]
+
+
+@functools.cache
+def _python_paths(python: str) -> tuple[str, ...]:
+    """Directories the interpreter needs outside the system directories: prefixes, sys.path entries."""
+    prefixes, entries = _interpreter(python)
     # Only the installation itself: sys.path entries outside it (an editable install's project
     # directory, PYTHONPATH additions) could expose a checkout, a cache or the targets.
     roots = {os.path.realpath(p) for p in prefixes if p and os.path.isdir(p)}
@@ -248,9 +254,14 @@ def _python_paths(python: str) -> tuple[str, ...]:
     return tuple(sorted(p for p in paths if not any(p == d or p.startswith(d + "/") for d in _SYSTEM_DIRS)))
 
 
-def _package_dirs(python_paths: Sequence[str]) -> list[str]:
-    """Installed copies of this package visible to the sandbox: hidden (they hold gold code)."""
-    return [os.path.join(p, "scicode") for p in python_paths if os.path.isdir(os.path.join(p, "scicode", "data"))]
+def _package_dirs(python: str) -> list[str]:
+    """Installed copies of this package the sandbox could import or read: hidden (they hold gold code).
+
+    Every `sys.path` entry counts, those under the system directories too: an install in
+    `/usr/local` is inside the `/usr` bind.
+    """
+    entries = _interpreter(python)[1]
+    return [os.path.join(p, "scicode") for p in entries if p and os.path.isdir(os.path.join(p, "scicode", "data"))]
 
 
 def _root_spec(python: str, payload: Path, hidden: Sequence[str], tmp_bytes: int) -> RootSpec:
@@ -258,7 +269,7 @@ def _root_spec(python: str, payload: Path, hidden: Sequence[str], tmp_bytes: int
     binds = [d for d in _SYSTEM_DIRS if os.path.isdir(d) and not os.path.islink(d)]
     binds += [*_python_paths(python), str(payload)]
     masks = []
-    for path in (*_SECRET_FILES, *hidden, *_package_dirs(_python_paths(python))):
+    for path in (*_SECRET_FILES, *hidden, *_package_dirs(python)):
         real = os.path.realpath(path)
         if os.path.exists(real) and any(real == b or real.startswith(b.rstrip("/") + "/") for b in binds):
             masks.append(real)

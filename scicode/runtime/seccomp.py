@@ -1,11 +1,12 @@
-"""A seccomp filter for step programs: no new namespaces, no mounts, no kernel keys.
+"""A seccomp filter for step programs: no new namespaces, no mounts, no kernel keys, no memfds.
 
 A program runs without capabilities in namespaces of its own, but an unprivileged process may
 still create a user namespace, and inside it mount an unbounded tmpfs (memory no limit counts) or
 take apart its own mounts. Kernel keys are shared by every process of a host uid, so they would be
-a channel between programs. Blocking these system calls closes all three; scientific code uses
-none of them. `clone3` answers ENOSYS (its flags sit in memory a filter cannot read), and the C
-library then falls back to `clone`, whose flags the filter checks.
+a channel between programs. A memfd is a file in memory outside every size limit. Blocking
+these system calls closes all four; scientific code uses none of them. `clone3` answers ENOSYS
+(its flags sit in memory a filter cannot read), and the C library then falls back to `clone`,
+whose flags the filter checks.
 
 System calls of another ABI (32-bit `int 0x80`, x32) are refused outright: their numbers differ.
 The filter is installed after the sandbox is set up and is inherited across `execve`.
@@ -31,6 +32,11 @@ NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
 _DENIED: tuple[str, ...] = ("unshare", "setns", "mount", "umount2", "pivot_root", "add_key", "request_key", "keyctl")
 _DENIED += ("open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr")
 
+# Answered ENOSYS, which libraries take as "not on this kernel" and fall back from: `clone3` (to
+# `clone`), and memory-backed files (to files in the size-capped scratch), whose pages no
+# address-space limit counts.
+_UNSUPPORTED = ("clone3", "memfd_create", "memfd_secret")
+
 
 @dataclass(frozen=True)
 class _Abi:
@@ -39,17 +45,17 @@ class _Abi:
 
 
 _NEW_MOUNT_API = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433}
-_COMMON = {**_NEW_MOUNT_API, "clone3": 435, "mount_setattr": 442}
+_COMMON = {**_NEW_MOUNT_API, "clone3": 435, "mount_setattr": 442, "memfd_secret": 447}
 ABIS = {
     "x86_64": _Abi(
         0xC000003E,
         {"clone": 56, "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155}
-        | {"add_key": 248, "request_key": 249, "keyctl": 250, **_COMMON},
+        | {"add_key": 248, "request_key": 249, "keyctl": 250, "memfd_create": 319, **_COMMON},
     ),
     "aarch64": _Abi(
         0xC00000B7,
         {"clone": 220, "unshare": 97, "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41}
-        | {"add_key": 217, "request_key": 218, "keyctl": 219, **_COMMON},
+        | {"add_key": 217, "request_key": 218, "keyctl": 219, "memfd_create": 279, **_COMMON},
     ),
 }
 
@@ -74,7 +80,7 @@ def program(machine: str) -> bytes:
     checks.append((_JEQ, abi.audit_arch, "next", "deny"))
     checks.append((_JGE, _X32_BIT, "deny", "next"))
     checks += [(_JEQ, nr, "deny", "next") for nr in denied]
-    checks.append((_JEQ, abi.numbers["clone3"], "enosys", "next"))
+    checks += [(_JEQ, abi.numbers[name], "enosys", "next") for name in _UNSUPPORTED]
     checks.append((_JEQ, abi.numbers["clone"], "next", "allow"))
     checks.append((_JSET, NAMESPACE_FLAGS, "deny", "allow"))
     loads = {0: _OFFSET_ARCH, 1: _OFFSET_NR, len(checks) - 1: _OFFSET_ARG0}  # a load before these checks

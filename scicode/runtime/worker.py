@@ -43,6 +43,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from typing import Any, NoReturn
 
 PRELOAD = (
@@ -80,6 +81,8 @@ STARTED = b"S"
 TAIL_BYTES = 16 * 1024
 DEVICES = ("null", "zero", "full", "random", "urandom")
 PROC_MASKS = ("sysrq-trigger", "keys", "key-users")
+OPEN_FILES = 1024
+"""A program's open-files limit (the usual default; the sandbox's own is far higher)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -290,33 +293,36 @@ def program_namespaces() -> bool:
     return _unshare_user(CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS)
 
 
-def _private_scratch(disk_bytes: int) -> str:
+def _private_scratch(disk_bytes: int, worker_pids: tuple[int, ...]) -> str:
     """In the program's own namespaces: fresh tmpfs scratch, the worker out of sight; the cwd to use.
 
     `/tmp` becomes a fresh tmpfs holding only what the sandbox bound below it (an interpreter or
     payload under /tmp, still read-only), so the worker's scratch and earlier programs' files are
-    gone. `/dev/shm` is fresh too. A fresh `/proc` shows only the program's own processes; where
-    the kernel refuses one (a `/proc` with locked overmounts, as under bubblewrap) the worker's
-    entry (PID 1) is covered instead. The worker is not dumpable either way.
+    gone. `/dev/shm` is a directory of the same tmpfs: one `disk_bytes` budget for both. A fresh
+    `/proc` shows only the program's own processes; where the kernel refuses one (a `/proc` with
+    locked overmounts) the entries of the worker's own processes (`worker_pids`: the worker and
+    its zygote) are covered instead. They are not dumpable either way.
     """
     _must_mount(None, "/", None, MS_REC | MS_PRIVATE)
     if _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
         _protect_proc("/proc")
     else:
-        _must_mount("none", "/proc/1", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
+        for pid in worker_pids:
+            if os.path.isdir(f"/proc/{pid}"):
+                _must_mount("none", f"/proc/{pid}", "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k")
     keep = [p for p in _mounts_under("/tmp") if p != "/tmp"]
     stage = "/dev/shm"
     _must_mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=1777")
-    fresh = os.path.join(stage, "tmp")
-    os.mkdir(fresh)
-    os.chmod(fresh, 0o1777)
+    fresh, shm = os.path.join(stage, "tmp"), os.path.join(stage, "shm")
+    for path in (fresh, shm):
+        os.mkdir(path)
+        os.chmod(path, 0o1777)
     for path in keep:
         dest = fresh + path[len("/tmp") :]
         _mount_point(path, dest)
         _must_mount(path, dest, None, MS_BIND | MS_REC)  # a bind keeps the source's read-only flag
     _must_mount(fresh, "/tmp", None, MS_BIND | MS_REC)
-    _libc.umount2(stage.encode(), MNT_DETACH)
-    _must_mount("tmpfs", stage, "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_bytes},mode=1777")
+    _must_mount(shm, stage, None, MS_BIND)  # on top of the stage: only its `shm` directory shows
     return "/tmp"
 
 
@@ -345,6 +351,8 @@ def _set_limits(req: dict[str, Any], isolated: bool) -> None:
         resource.RLIMIT_FSIZE: req["output_bytes"],
         resource.RLIMIT_CPU: (cpu, cpu + 1),  # soft first: SIGXCPU, then SIGKILL
         resource.RLIMIT_CORE: 0,
+        # Each open socket or pipe can hold kernel buffers no address-space limit counts.
+        resource.RLIMIT_NOFILE: OPEN_FILES,
     }
     if isolated and req.get("max_processes"):
         # The kernel counts processes per user namespace and uid: in the program's own namespace
@@ -357,7 +365,9 @@ def _set_limits(req: dict[str, Any], isolated: bool) -> None:
             resource.setrlimit(which, (soft, hard))
 
 
-def _prepare_program(task_dir: str, isolated: bool, disk_bytes: int) -> tuple[list[int], str]:
+def _prepare_program(
+    task_dir: str, isolated: bool, disk_bytes: int, worker_pids: tuple[int, ...]
+) -> tuple[list[int], str]:
     """Ahead of the request, in the program's process: its output files and its scratch (the cwd).
 
     The output files live in `task_dir`, which the worker reads afterwards; with namespaces it is
@@ -368,7 +378,7 @@ def _prepare_program(task_dir: str, isolated: bool, disk_bytes: int) -> tuple[li
         os.open(os.path.join(task_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | extra, 0o600)
         for name, extra in (("stdout.txt", 0), ("stderr.txt", 0), ("probe.bin", os.O_APPEND))
     ]
-    workdir = _private_scratch(disk_bytes) if isolated else task_dir
+    workdir = _private_scratch(disk_bytes, worker_pids) if isolated else task_dir
     os.chdir(workdir)
     return outputs, workdir
 
@@ -508,6 +518,7 @@ class Runner:
         self.spare: tuple[int | None, int, int, str] | None = None  # pid (None: setup failed), pipes, task dir
         self._count = 0
         self._zygote: tuple[int, socket.socket] | None = None  # see `start_zygote`
+        self._worker_pids: tuple[int, ...] = (1, os.getpid())  # hidden from programs' /proc
 
     def start_zygote(self, close: tuple[int, ...] = ()) -> None:
         """From now on, fork every program's process from a process that never sees a request.
@@ -532,6 +543,7 @@ class Runner:
 
     def _serve_zygote(self, sock: socket.socket) -> NoReturn:
         """In the zygote: fork one program's process per message (pipe ends + task dir); answer its pid."""
+        self._worker_pids = (*self._worker_pids, os.getpid())
         try:
             while True:
                 message, fds, _, _ = socket.recv_fds(sock, 4096, 2)
@@ -602,14 +614,12 @@ class Runner:
 
     def _program_process(self, req_r: int, status_w: int, task_dir: str) -> NoReturn:
         try:
-            prepared = _prepare_program(task_dir, self.isolate, self.disk_bytes)
+            prepared = _prepare_program(task_dir, self.isolate, self.disk_bytes, self._worker_pids)
             with os.fdopen(req_r, "rb") as f:
                 line = f.readline()
             if line:
                 _task_main(json.loads(line), self.mode, status_w, prepared, self.isolate)
         except BaseException:  # noqa: BLE001 - setup failed: say why (stderr.txt, or the worker's log)
-            import traceback
-
             traceback.print_exc()
         finally:
             os._exit(1)  # never reached once the program started; before that, no STARTED: setup failed
@@ -815,7 +825,10 @@ def main() -> None:
     replies.write(json.dumps({"ready": True, "pid": os.getpid(), "mode": mode, "isolate": runner.isolate}) + "\n")
     for line in sys.stdin:
         _serve(runner, line, replies)
-        runner.prepare()  # the next program's process, forked while the host reads this reply
+        try:
+            runner.prepare()  # the next program's process, forked while the host reads this reply
+        except OSError:  # e.g. the host is out of processes for a moment: `run` tries again, and says so
+            traceback.print_exc()
     runner.discard()
 
 

@@ -376,3 +376,75 @@ assert made < 256, made
 """
     r = await run(ex, source)
     assert ended_normally(r), ending(r)
+
+
+async def test_no_worker_process_shows_in_the_programs_proc(ex) -> None:
+    # Found by an adversarial review: the worker was covered in the program's /proc but its
+    # zygote was not, and its counters told how many programs the worker had run.
+    source = """
+import os
+me = os.readlink('/proc/self')  # this program's own process (a fork of the worker, in warm mode)
+seen = []
+for pid in (p for p in os.listdir('/proc') if p.isdigit() and p != me):
+    try:
+        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()
+    except OSError:
+        continue
+    if b'scicode.runtime.worker' in cmdline:
+        seen.append((pid, cmdline[:80]))
+assert not seen, seen
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
+
+
+async def test_scratch_and_shared_memory_are_one_budget(ex) -> None:
+    # Found by an adversarial review: /tmp and /dev/shm were separate tmpfs of max_disk_mb each.
+    # The fixture's max_disk_mb is 16.
+    source = """
+chunk = b'x' * (1 << 20)
+written = 0
+for path in ('/tmp/a', '/dev/shm/b'):
+    try:
+        with open(path, 'wb') as f:
+            for _ in range(12):
+                f.write(chunk)
+                f.flush()
+                written += 1
+    except OSError:
+        pass
+assert written <= 16, written
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
+
+
+async def test_no_memory_outside_the_limits_through_files_in_memory(ex) -> None:
+    # Found by an adversarial review: memfds (and many sockets' buffers) held gigabytes that no
+    # address-space limit counts.
+    source = """
+import os, resource
+try:
+    os.memfd_create('x')
+    made = True
+except OSError:
+    made = False
+assert not made
+assert resource.getrlimit(resource.RLIMIT_NOFILE)[1] <= 1024, resource.getrlimit(resource.RLIMIT_NOFILE)
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
+
+
+def test_an_install_under_a_system_directory_is_hidden_too(monkeypatch, tmp_path) -> None:
+    # Found by an adversarial review: `pip install` into /usr/local put the package's data (the
+    # validation gold code) inside the `/usr` bind, and only installs outside the system
+    # directories were masked; a wrong answer read the gold code and passed.
+    system = tmp_path / "usr"
+    site = system / "local" / "lib" / "site-packages"
+    (site / "scicode" / "data").mkdir(parents=True)
+    monkeypatch.setattr(isolation, "_SYSTEM_DIRS", (*isolation._SYSTEM_DIRS, str(system)))
+    monkeypatch.setattr(isolation, "_interpreter", lambda python: ([str(system / "local")] * 5, [str(site)]))
+    spec = isolation._root_spec(f"python-{uuid.uuid4().hex}", tmp_path / "payload", (), 1 << 20)
+    assert str(system) in spec.binds
+    assert str(site / "scicode") in spec.masks
