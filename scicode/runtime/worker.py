@@ -82,6 +82,7 @@ TAIL_BYTES = 16 * 1024
 DEVICES = ("null", "zero", "full", "random", "urandom")
 PROC_MASKS = ("sysrq-trigger", "keys", "key-users")
 OPEN_FILES = 1024
+NPROC_MARGIN = 8
 """A program's open-files limit (the usual default; the sandbox's own is far higher)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -358,7 +359,9 @@ def _set_limits(req: dict[str, Any], isolated: bool) -> None:
         # The kernel counts processes per user namespace and uid: in the program's own namespace
         # this is its process count, refused at fork time. The worker's polling alone let a burst
         # of forks exhaust the host's PIDs before it looked. (Host root is exempt: see `become`.)
-        limits[resource.RLIMIT_NPROC] = int(req["max_processes"])
+        # A few over the limit, so the worker still sees the program exceed it and ends it: a fork
+        # bomb held exactly at the limit would spin on failing forks until its timeout.
+        limits[resource.RLIMIT_NPROC] = int(req["max_processes"]) + NPROC_MARGIN
     for which, value in limits.items():
         soft, hard = value if isinstance(value, tuple) else (value, value)
         with contextlib.suppress(ValueError, OSError):
