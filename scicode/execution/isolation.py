@@ -297,6 +297,9 @@ def _bwrap_args(spec: RootSpec) -> list[str]:
         args += ["--ro-bind", path, path]
     for path in spec.masks:
         args += ["--tmpfs", path] if os.path.isdir(path) else ["--ro-bind", "/dev/null", path]
+    # bubblewrap's root and /dev are tmpfs shared by every program of the worker: read-only, or a
+    # program could rename a directory above a bind and plant modules for the next one.
+    args += ["--remount-ro", "/", "--remount-ro", "/dev"]
     args += ["--chdir", "/tmp"]  # noqa: S108 - the private tmpfs
     return args
 

@@ -27,7 +27,7 @@ import sys
 _KERNEL_PATHS = ("/proc/", "/dev/")  # bubblewrap resolves these itself
 #: Options whose values must not be read as options (option + values).
 _WITH_VALUES = {"--ro-bind": 3, "--symlink": 3, "--uid": 2, "--gid": 2, "--size": 2, "--chdir": 2}
-_WITH_VALUES |= {"--proc": 2, "--dev": 2, "--tmpfs": 2, "--cap-drop": 2}
+_WITH_VALUES |= {"--proc": 2, "--dev": 2, "--tmpfs": 2, "--cap-drop": 2, "--remount-ro": 2}
 _STAGE = "/tmp"  # noqa: S108 - covered by a private tmpfs below
 CLONE_NEWNS, MS_BIND, MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x20000, 4096, 16384, 1 << 18, 2, 4
 

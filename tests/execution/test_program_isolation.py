@@ -460,3 +460,31 @@ def test_an_install_under_a_system_directory_is_hidden_too(monkeypatch, tmp_path
     spec = isolation._root_spec(f"python-{uuid.uuid4().hex}", tmp_path / "payload", (), 1 << 20)
     assert str(system) in spec.binds
     assert str(site / "scicode") in spec.masks
+
+
+async def test_nothing_above_the_scratch_is_writable(ex) -> None:
+    # Found by an adversarial review: under bubblewrap, `/` and `/dev` were tmpfs shared by the
+    # worker's programs; a program renamed a directory above a bind and planted stdlib modules
+    # that ran in the next program's process (and stole its source).
+    source = """
+import os
+done = []
+for path in ('/x', '/dev/x', '/etc/x'):
+    try:
+        open(path, 'w').close()
+        done.append(path)
+    except OSError:
+        pass
+for entry in os.listdir('/'):
+    if entry in ('tmp', 'proc'):
+        continue
+    try:
+        os.rename('/' + entry, '/' + entry + '-moved')
+        done.append(entry)
+    except OSError:
+        pass
+assert not done, done
+"""
+    r = await run(ex, source)
+    assert ended_normally(r), ending(r)
+    assert ended_normally(await run(ex, "import json, encodings.unicode_escape\n"))
