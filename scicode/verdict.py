@@ -90,13 +90,14 @@ class _Events:
 
 def _read_events(result: ExecResult, max_bytes: int) -> _Events:
     frames = FrameReader(result.probe, max_bytes=max_bytes).frames()
-    ending = next((h for h, _ in reversed(frames) if _is_event(h.get("ev"), _ENDINGS)), None)
+    ending = next((h for h, _ in reversed(frames) if _event(h) in _ENDINGS), None)
     return _Events(ending=ending, stream=frames)
 
 
-def _is_event(event: object, kinds: frozenset[str]) -> bool:
-    """Whether a decoded `ev` field is one of `kinds` (it may be any decoded value: a list is not hashable)."""
-    return isinstance(event, str) and event in kinds
+def _event(header: dict[str, Any]) -> str:
+    """A record's `ev` field as text: it may be any decoded value (a list is not even hashable)."""
+    event = header.get("ev")
+    return event if isinstance(event, str) else repr(event)
 
 
 def judge(
@@ -329,8 +330,7 @@ class _Flow:
         if self.error:
             return None
         self.seen += 1
-        event = header.get("ev")
-        event = event if isinstance(event, str) else repr(event)  # any decoded value; only strings are events
+        event = _event(header)
         if self.ended:
             return self.fail(f"a {str(event)[:20]!r} record follows the end of the run")
         if event == "start":

@@ -82,8 +82,9 @@ TAIL_BYTES = 16 * 1024
 DEVICES = ("null", "zero", "full", "random", "urandom")
 PROC_MASKS = ("sysrq-trigger", "keys", "key-users")
 OPEN_FILES = 1024
-NPROC_MARGIN = 8
 """A program's open-files limit (the usual default; the sandbox's own is far higher)."""
+NPROC_MARGIN = 8
+"""How far past `max_processes` the kernel lets a program fork (see `_set_limits`)."""
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -267,20 +268,20 @@ def _become_namespace_init(config: dict[str, Any], base: str) -> None:
     Started as root with `config["user"]`, both processes become that unprivileged user, the
     namespace's PID 1 once its root is built.
     """
-    user = tuple(config["user"]) if os.getuid() == 0 and config.get("user") else None
+    user = (int(config["user"][0]), int(config["user"][1])) if os.getuid() == 0 and config.get("user") else None
     if not new_namespaces(privileged=user is not None):
         raise SystemExit("scicode worker: the kernel refused new namespaces")
     pid = os.fork()
     if pid:
         if user:
-            become(user)  # type: ignore[arg-type]
+            become(user)
         signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     enter_root(config["root"], base)
     if user:
-        become(user)  # type: ignore[arg-type]
+        become(user)
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of credentials clears it
 
 
